@@ -1,0 +1,175 @@
+"""Training-step benchmark: our loop vs a bare PyTorch loop, achieved FLOP/s vs the matmul peak, LoRA memory.
+
+    python benchmarks/train_step.py                 # everything (about 5 minutes on 2 CPU cores)
+    python benchmarks/train_step.py --skip_base     # only the loop-overhead part (seconds)
+
+1. Loop overhead: the same model, batch and optimizer, stepped by ``train_code.train_step`` (accelerate,
+   clipping, scheduler) and by a bare ``loss.backward(); clip; opt.step()`` loop, interleaved; median of
+   ``--repeats`` timings of ``--steps`` steps each. Goal: ours within 5 %.
+2. Achieved FLOP/s of a base-size training step (TimeSformer-base, 8 x 224^2, batch 1; FLOPs counted by
+   ``torch.utils.flop_counter``) against this machine's measured matmul peak in the same dtype (fp32, bf16).
+   Goal: >= 50 % of the fp32 peak.
+3. Peak memory of a base-size training step with LoRA against full fine-tuning, each in a fresh process
+   (peak RSS on CPU, max allocated on GPU). Goal: LoRA <= 0.7x.
+No figure is a pass/fail test; results go to BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from build_model import build_model  # noqa: E402
+from settings import Settings  # noqa: E402
+from train_code import make_accelerator, param_groups, train_step  # noqa: E402
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def loop_overhead(steps: int, repeats: int, batch_size: int) -> dict:
+    """Our train_step vs a bare loop on the same tiny TimeSformer and batch (fp32, CPU)."""
+    from transformers import get_cosine_schedule_with_warmup
+    cfg = Settings(device="cpu", quiet=True)
+    torch.manual_seed(0)
+    batch = dict(pixel_values=torch.randn(batch_size, cfg.num_frames, 3, cfg.image_size, cfg.image_size),
+                 labels=torch.randint(0, 8, (batch_size,)))
+    ours = build_model(cfg, 8, verbose=False).model
+    bare = build_model(cfg, 8, verbose=False).model
+    bare.load_state_dict(ours.state_dict())
+    accelerator = make_accelerator(cfg)
+    opt_ours = torch.optim.AdamW(param_groups(ours, cfg.weight_decay), lr=cfg.lr)
+    sched = get_cosine_schedule_with_warmup(opt_ours, 10, 10 ** 6)
+    ours, opt_ours, sched = accelerator.prepare(ours, opt_ours, sched)
+    opt_bare = torch.optim.AdamW(param_groups(bare, cfg.weight_decay), lr=cfg.lr)
+
+    def run_ours():
+        for _ in range(steps):
+            train_step(ours, batch, opt_ours, sched, accelerator, cfg.max_grad_norm)
+
+    def run_bare():
+        for _ in range(steps):
+            loss = bare(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(bare.parameters(), cfg.max_grad_norm)
+            opt_bare.step()
+            opt_bare.zero_grad(set_to_none=True)
+
+    run_ours(), run_bare()  # warm-up
+    ours_t, bare_t = [], []
+    for _ in range(repeats):  # interleaved so drift hits both
+        ours_t.append(median_time(run_ours, 1) / steps)
+        bare_t.append(median_time(run_bare, 1) / steps)
+    o, b = statistics.median(ours_t), statistics.median(bare_t)
+    return dict(model="timesformer tiny (8 x 32^2)", batch=batch_size, steps=steps, repeats=repeats,
+                ours_ms=1000 * o, bare_ms=1000 * b, ratio=o / b)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    return 2 * n ** 3 / median_time(lambda: a @ b, repeats)
+
+
+def base_step_flops(dtype_name: str, repeats: int) -> dict:
+    """FLOPs and time of one TimeSformer-base training step (batch 1, 8 x 224^2) in the given autocast dtype."""
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = Settings(model_size="base", image_size=224, num_frames=8, device="cpu", mixed_precision=dtype_name)
+    torch.manual_seed(0)
+    model = build_model(cfg, 400, verbose=False).model
+    accelerator = make_accelerator(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    from transformers import get_constant_schedule
+    model, optimizer, sched = accelerator.prepare(model, optimizer, get_constant_schedule(optimizer))
+    batch = dict(pixel_values=torch.randn(1, 8, 3, 224, 224), labels=torch.tensor([3]))
+    step = lambda: train_step(model, batch, optimizer, sched, accelerator, 1.0)  # noqa: E731
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    seconds = median_time(step, repeats)
+    return dict(dtype=dtype_name, flops_per_step=flops, step_seconds=seconds, achieved_flops=flops / seconds)
+
+
+def _peak_memory_child(lora: bool) -> None:
+    """Runs in a fresh process: build base TimeSformer, one warm-up + one measured training step, print JSON."""
+    import psutil
+    cfg = Settings(model_size="base", image_size=224, num_frames=8, device="cpu", use_lora_vision=lora)
+    model = build_model(cfg, 400, verbose=False).model
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    batch = dict(pixel_values=torch.randn(1, 8, 3, 224, 224), labels=torch.tensor([3]))
+    rss_model = psutil.Process().memory_info().rss
+    for _ in range(2):  # the second step has optimizer state allocated
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(json.dumps(dict(lora=lora, peak_rss_bytes=peak, rss_after_build_bytes=rss_model, trainable=trainable)))
+
+
+def peak_memory() -> dict:
+    results = {}
+    for lora in (False, True):
+        out = subprocess.run([sys.executable, __file__, "--_memory_child", "1" if lora else "0"],
+                             capture_output=True, text=True, check=True)
+        results["lora" if lora else "full"] = json.loads(out.stdout.strip().splitlines()[-1])
+    results["ratio"] = results["lora"]["peak_rss_bytes"] / results["full"]["peak_rss_bytes"]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--skip_base", action="store_true", help="skip the base-size FLOP/s and memory parts")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--_memory_child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._memory_child is not None:
+        _peak_memory_child(args._memory_child == "1")
+        return
+    results = dict(torch=torch.__version__, threads=torch.get_num_threads())
+    r = loop_overhead(args.steps, args.repeats, args.batch_size)
+    results["loop_overhead"] = r
+    print(f"[loop] {r['model']} batch {r['batch']}: ours {r['ours_ms']:.1f} ms/step | bare PyTorch "
+          f"{r['bare_ms']:.1f} ms/step | ratio {r['ratio']:.3f} (goal <= 1.05)", flush=True)
+    if not args.skip_base:
+        for name, dtype in (("no", torch.float32), ("bf16", torch.bfloat16)):
+            peak = matmul_peak(dtype)
+            step = base_step_flops(name, repeats=3)
+            step.update(matmul_peak_flops=peak, fraction_of_peak=step["achieved_flops"] / peak)
+            results[f"base_step_{'fp32' if name == 'no' else name}"] = step
+            print(f"[flops] TimeSformer-base step ({'fp32' if name == 'no' else name}): "
+                  f"{step['flops_per_step'] / 1e12:.3f} TFLOP in {step['step_seconds']:.2f} s = "
+                  f"{step['achieved_flops'] / 1e9:.1f} GFLOP/s | matmul peak {peak / 1e9:.1f} GFLOP/s | "
+                  f"{100 * step['fraction_of_peak']:.1f}% of peak", flush=True)
+        mem = peak_memory()
+        results["peak_memory"] = mem
+        print(f"[memory] TimeSformer-base step peak RSS: full fine-tune {mem['full']['peak_rss_bytes'] / 2**30:.2f} "
+              f"GiB | LoRA {mem['lora']['peak_rss_bytes'] / 2**30:.2f} GiB | ratio {mem['ratio']:.2f} "
+              f"(goal <= 0.7)", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

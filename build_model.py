@@ -1,0 +1,340 @@
+"""Model assembly: a registry of vision backbones, presets, LoRA/freezing, and the video classifier.
+
+``VISION_BACKBONES`` is the only place ``--vision_model`` names are looked up; the CLI's choices come from it.
+Any other timm model name also works as a per-frame backbone. Adding a backbone = one builder + one entry.
+
+Two kinds of backbone:
+* video models (``timesformer``, ``videomae``, Hugging Face ``transformers``): [B, T, C, H, W] -> tokens -> pooled.
+* per-frame image models (timm): each frame -> a feature vector, then a temporal fusion layer (fusion.py).
+
+Weights: ``--pretrained`` takes a Hub id or a local folder. When the weights cannot be had (offline, no such
+folder) or none are asked for, the backbone is built from its preset config with random weights, and the result
+says so (``Backbone.pretrained = False`` is recorded in every run's outputs).
+
+A built model records its architecture (``arch``) so a checkpoint can rebuild it without the Hub.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from fusion import TemporalFusionEncoder
+from settings import Settings, UsageError, nearest
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+KINETICS_MEAN, KINETICS_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+
+
+@dataclass
+class Backbone:
+    """A built vision backbone and what the rest of the pipeline needs to know about it."""
+    module: nn.Module
+    kind: str  # "video" (sees the clip) or "frame" (sees one image, needs fusion)
+    feature_dim: int
+    mean: tuple
+    std: tuple
+    pretrained: bool
+    source: str  # where the weights came from, in words
+    arch: dict  # enough to rebuild the same architecture offline
+    lora_targets: list = field(default_factory=list)
+
+
+def loud_note(message: str) -> None:
+    """A warning nobody can miss (printed as a banner on stderr)."""
+    bar = "!" * 100
+    print(f"\n{bar}\n!! {message}\n{bar}\n", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hugging Face video backbones
+# ----------------------------------------------------------------------------------------------------------------
+# preset -> config overrides. 'base' is the library default = the published architecture.
+HF_PRESETS = {
+    "tiny": dict(hidden_size=96, num_hidden_layers=3, num_attention_heads=4, intermediate_size=384, patch_size=8),
+    "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
+    "base": {},
+}
+
+
+class HFVideoEncoder(nn.Module):
+    """Wraps a transformers video model: pixel_values [B, T, C, H, W] -> tokens [B, L, D]."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).last_hidden_state
+
+
+def _hf_from_pretrained(model_cls, config_cls, source: str, cfg: Settings) -> Optional[nn.Module]:
+    """Load weights from a Hub id or folder; None (with a loud note) when they cannot be had."""
+    try:
+        return model_cls.from_pretrained(source)
+    except (OSError, ValueError) as exc:  # offline, unknown id, missing folder, wrong architecture
+        loud_note(f"could not load pretrained weights from {source!r} ({str(exc).splitlines()[0][:160]}); "
+                  f"building {cfg.vision_model} from the '{cfg.model_size}' preset with RANDOM weights")
+        return None
+
+
+def _build_hf_video(cfg: Settings, arch: Optional[dict], model_cls, config_cls, mean, std, lora_targets,
+                    pooling: str) -> Backbone:
+    model, source, pretrained = None, "", False
+    if arch is None and cfg.pretrained:
+        model = _hf_from_pretrained(model_cls, config_cls, cfg.pretrained, cfg)
+        if model is not None:
+            source, pretrained = cfg.pretrained, True
+    if model is None:
+        if arch is None:
+            arch = dict(config=config_cls(**HF_PRESETS[cfg.model_size], num_frames=cfg.num_frames,
+                                          image_size=cfg.image_size).to_dict(), pooling=pooling)
+        model = model_cls(config_cls.from_dict(arch["config"]))
+        source = f"random init from the '{cfg.model_size}' preset"
+    arch = dict(config=model.config.to_dict(), pooling=pooling)
+    image_size, frames = model.config.image_size, model.config.num_frames
+    if (image_size, frames) != (cfg.image_size, cfg.num_frames):
+        raise UsageError(f"the {cfg.vision_model} weights expect {frames} frames of {image_size}px, got "
+                         f"--num_frames {cfg.num_frames} --image_size {cfg.image_size}; set those flags to match")
+    return Backbone(HFVideoEncoder(model), "video", model.config.hidden_size, mean, std, pretrained, source, arch,
+                    lora_targets)
+
+
+def build_timesformer(cfg: Settings, arch: Optional[dict] = None) -> Backbone:
+    from transformers import TimesformerConfig, TimesformerModel
+    return _build_hf_video(cfg, arch, TimesformerModel, TimesformerConfig, KINETICS_MEAN, KINETICS_STD,
+                           ["qkv"], pooling="cls")
+
+
+def build_videomae(cfg: Settings, arch: Optional[dict] = None) -> Backbone:
+    from transformers import VideoMAEConfig, VideoMAEModel
+    return _build_hf_video(cfg, arch, VideoMAEModel, VideoMAEConfig, IMAGENET_MEAN, IMAGENET_STD,
+                           ["query", "value"], pooling="mean")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# timm per-frame backbones
+# ----------------------------------------------------------------------------------------------------------------
+# family prefix -> preset -> create_model overrides ('base' = the named architecture unchanged)
+TIMM_PRESETS = {
+    "vit": {"tiny": dict(patch_size=8, embed_dim=96, depth=3, num_heads=4),
+            "small": dict(patch_size=8, embed_dim=192, depth=6, num_heads=3)},
+    "swin": {"tiny": dict(embed_dim=48, depths=(2, 2), num_heads=(3, 6), window_size=4),
+             "small": dict(embed_dim=96, depths=(2, 2, 6), num_heads=(3, 6, 12), window_size=4)},
+}
+TIMM_LORA_TARGETS = {"vit": ["qkv"], "swin": ["qkv"]}
+
+
+def _timm_family(name: str) -> Optional[str]:
+    return next((f for f in TIMM_PRESETS if name.startswith(f)), None)
+
+
+class FrameEncoder(nn.Module):
+    """Runs an image model on every frame: [B, T, C, H, W] -> [B, T, D]."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        batch, frames = pixel_values.shape[:2]
+        features = self.model(pixel_values.flatten(0, 1))  # [B*T, D]
+        return features.view(batch, frames, -1)
+
+
+def _timm_create(name: str, kwargs: dict, pretrained: bool = False, overlay: Optional[dict] = None) -> nn.Module:
+    import timm
+    extra = dict(pretrained_cfg_overlay=overlay) if overlay else {}
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs, **extra)
+    except TypeError:  # models without img_size (convnets)
+        kwargs = {k: v for k, v in kwargs.items() if k != "img_size"}
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs, **extra)
+
+
+def build_timm_backbone(cfg: Settings, arch: Optional[dict] = None) -> Backbone:
+    name = cfg.vision_model
+    family = _timm_family(name)
+    if arch is None:
+        if cfg.model_size != "base" and family is None:
+            raise UsageError(f"--model_size {cfg.model_size} is defined for vit* and swin* timm models only; "
+                             f"use --model_size base for {name}")
+        kwargs = dict(img_size=cfg.image_size, **(TIMM_PRESETS[family].get(cfg.model_size, {}) if family else {}))
+        arch = dict(name=name, kwargs=kwargs)
+    model, source, pretrained = None, f"random init from the '{cfg.model_size}' preset", False
+    if cfg.pretrained and "loaded" not in arch:
+        overlay = None
+        if os.path.isdir(cfg.pretrained):
+            files = [f for f in ("model.safetensors", "pytorch_model.bin") if
+                     os.path.isfile(os.path.join(cfg.pretrained, f))]
+            overlay = dict(file=os.path.join(cfg.pretrained, files[0])) if files else None
+        elif cfg.pretrained not in ("timm", name):
+            overlay = dict(hf_hub_id=cfg.pretrained)
+        try:
+            model = _timm_create(name, arch["kwargs"], pretrained=True, overlay=overlay)
+            source, pretrained = cfg.pretrained, True
+        except (OSError, RuntimeError, ValueError) as exc:
+            loud_note(f"could not load pretrained timm weights for {name} from {cfg.pretrained!r} "
+                      f"({str(exc).splitlines()[0][:160]}); using RANDOM weights")
+    if model is None:
+        model = _timm_create(name, arch["kwargs"])
+    data_cfg = model.pretrained_cfg or {}
+    return Backbone(FrameEncoder(model), "frame", model.num_features, tuple(data_cfg.get("mean", IMAGENET_MEAN)),
+                    tuple(data_cfg.get("std", IMAGENET_STD)), pretrained, source, arch,
+                    TIMM_LORA_TARGETS.get(family, []))
+
+
+VISION_BACKBONES: dict[str, Callable[..., Backbone]] = {
+    "timesformer": build_timesformer,
+    "videomae": build_videomae,
+    "swin_tiny_patch4_window7_224": build_timm_backbone,
+    "vit_small_patch16_224": build_timm_backbone,
+}
+
+
+def vision_model_choices() -> list[str]:
+    return list(VISION_BACKBONES)
+
+
+def check_vision_model(name: str) -> None:
+    """A registry name or any timm model name; otherwise a UsageError listing the choices."""
+    if name in VISION_BACKBONES:
+        return
+    import timm
+    if timm.is_model(name):
+        return
+    candidates = list(VISION_BACKBONES) + timm.list_models()
+    raise UsageError(f"unknown --vision_model {name!r}{nearest(name, candidates)}; choose one of "
+                     f"{', '.join(VISION_BACKBONES)} or any timm model name (python -c 'import timm; "
+                     f"print(timm.list_models())')")
+
+
+def build_backbone(cfg: Settings, arch: Optional[dict] = None) -> Backbone:
+    check_vision_model(cfg.vision_model)
+    builder = VISION_BACKBONES.get(cfg.vision_model, build_timm_backbone)
+    return builder(cfg, arch)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LoRA and freezing
+# ----------------------------------------------------------------------------------------------------------------
+def lora_targets(cfg: Settings, backbone: Backbone) -> list[str]:
+    if cfg.lora_target_modules.strip().lower() != "auto":
+        return [m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()]
+    if not backbone.lora_targets:
+        raise UsageError(f"no default LoRA target modules for {cfg.vision_model}; pass "
+                         f"--lora_target_modules with the names of its nn.Linear layers (comma-separated)")
+    return backbone.lora_targets
+
+
+def apply_lora(module: nn.Module, targets: list[str], r: int, alpha: float, dropout: float) -> nn.Module:
+    """Wrap ``module`` with peft LoRA; only adapter weights stay trainable."""
+    from peft import LoraConfig, get_peft_model
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    try:
+        return get_peft_model(module, config)
+    except ValueError as exc:
+        raise UsageError(f"LoRA could not attach to {targets}: {str(exc).splitlines()[0][:200]}; "
+                         f"check --lora_target_modules") from None
+
+
+def freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable)"""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The classifier
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class ClassifierOutput(ModelOutput):
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+
+
+class VideoClassifier(nn.Module):
+    """pixel_values [B, T, C, H, W] -> logits [B, num_classes] (+ loss when labels are given)."""
+
+    def __init__(self, backbone: Backbone, cfg: Settings, num_classes: int):
+        super().__init__()
+        self.kind = backbone.kind
+        self.pooling = backbone.arch.get("pooling", "cls")
+        self.backbone = backbone.module
+        dim = backbone.feature_dim
+        if backbone.kind == "frame":
+            dim = cfg.fusion_dim or backbone.feature_dim
+            self.temporal = TemporalFusionEncoder(backbone.feature_dim, dim, cfg.fusion, cfg.fusion_depth,
+                                                  cfg.fusion_n_heads, cfg.fusion_dropout,
+                                                  max_len=max(cfg.num_frames, 64))
+        self.head = nn.Sequential(nn.LayerNorm(dim), nn.Dropout(cfg.head_dropout), nn.Linear(dim, num_classes))
+        self.label_smoothing = cfg.label_smoothing
+        self.num_classes = num_classes
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, T, C, H, W] -> clip features [B, D]."""
+        if pixel_values.dim() != 5:
+            raise ValueError(f"expected pixel_values [B, T, C, H, W], got shape {tuple(pixel_values.shape)}")
+        out = self.backbone(pixel_values)
+        if self.kind == "frame":
+            return self.temporal(out)  # out: [B, T, D_in]
+        return out[:, 0] if self.pooling == "cls" else out.mean(dim=1)  # out: [B, L, D]
+
+    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None) -> ClassifierOutput:
+        logits = self.head(self.features(pixel_values))  # [B, num_classes]
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        return ClassifierOutput(loss=loss, logits=logits)
+
+
+@dataclass
+class BuiltModel:
+    model: VideoClassifier
+    backbone: Backbone
+    info: dict  # recorded in checkpoints and eval outputs
+
+
+def build_model(cfg: Settings, num_classes: int, arch: Optional[dict] = None, verbose: bool = True) -> BuiltModel:
+    """Backbone (+ LoRA / freezing) + fusion + head. ``arch`` rebuilds a saved architecture (no Hub access)."""
+    if num_classes < 2:
+        raise ValueError(f"need at least 2 classes, got {num_classes}")
+    backbone = build_backbone(cfg, arch)
+    if not backbone.pretrained and arch is None and verbose:
+        loud_note(f"{cfg.vision_model}: NO PRETRAINED WEIGHTS - {backbone.source} "
+                  f"(pass --pretrained <hub id or folder> to start from trained weights). "
+                  f"Recorded as \"pretrained\": false in this run's outputs.")
+    if cfg.use_lora_vision:
+        backbone.module = apply_lora(backbone.module, lora_targets(cfg, backbone), cfg.lora_r, cfg.lora_alpha,
+                                     cfg.lora_dropout)
+    elif cfg.freeze_visionbackbone:
+        freeze(backbone.module)
+    if (cfg.use_lora_vision or cfg.freeze_visionbackbone) and not backbone.pretrained and arch is None and verbose:
+        what = "LoRA" if cfg.use_lora_vision else "--freeze_visionbackbone"
+        loud_note(f"{what} on a RANDOMLY INITIALISED backbone: the backbone has learned nothing, so only the "
+                  f"adapters/head learn, from random features. Point --pretrained at trained weights (a Hub id, "
+                  f"or a local folder such as a model this repo trained and exported).")
+    model = VideoClassifier(backbone, cfg, num_classes)
+    total, trainable = count_parameters(model)
+    info = dict(vision_model=cfg.vision_model, model_size=cfg.model_size, backbone_kind=backbone.kind,
+                fusion=cfg.fusion if backbone.kind == "frame" else "none (video backbone)",
+                pretrained=backbone.pretrained, weights_source=backbone.source, arch=copy.deepcopy(backbone.arch),
+                mean=list(backbone.mean), std=list(backbone.std), params_total=total, params_trainable=trainable,
+                lora_targets=lora_targets(cfg, backbone) if cfg.use_lora_vision else [])
+    if verbose:
+        print(f"model: {cfg.vision_model} ({backbone.kind} backbone, {info['fusion']} fusion) | "
+              f"params total {total:,} | trainable {trainable:,} ({100.0 * trainable / max(total, 1):.2f}%)")
+    return BuiltModel(model, backbone, info)

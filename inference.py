@@ -1,0 +1,104 @@
+"""Run a trained model on frame folders: ``python inference.py --video_dir ./frames_see/ [--checkpoint PATH]``.
+
+The checkpoint carries the settings that built the model, so no training flags need repeating. Model flags given
+here only pick a checkpoint (the newest run under ``--output_dir`` whose settings match them) and must agree with
+it; run-time flags (device, batch size, top-k, output file) apply as given.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+from build_model import build_model
+from checkpointing import find_runs, load_weights, read_run_config, write_json_atomic
+from settings import DATA, FIELDS, MODEL, RUNTIME, Settings, UsageError, resolve, run_cli, settings_from_dict
+from train_code import classification_report, evaluate, make_accelerator, progress_enabled
+from VLoader import FrameFolderDataset, make_loader
+
+
+def pick_checkpoint(cli: Settings, explicit: set[str]) -> str:
+    """--checkpoint, or the newest run under output_dir whose saved settings match the model flags given."""
+    if cli.checkpoint:
+        return cli.checkpoint
+    wanted = {k: getattr(cli, k) for k in explicit if FIELDS[k].metadata["group"] == MODEL}
+    runs = find_runs(cli.output_dir)
+    for folder in runs:
+        saved = read_run_config(folder)["settings"]
+        if all(saved.get(k) == v for k, v in wanted.items()):
+            return folder
+    flags = " ".join(f"--{k} {v}" for k, v in wanted.items())
+    if not runs:
+        raise UsageError(f"no trained model under {cli.output_dir!r}; train one with python main.py {flags}".rstrip()
+                         + " or pass --checkpoint PATH")
+    raise UsageError(f"no run under {cli.output_dir!r} was trained with {flags}; train one with python main.py "
+                     f"{flags} or pass --checkpoint PATH")
+
+
+def merge_with_checkpoint(saved: Settings, cli: Settings, explicit: set[str], folder: str) -> Settings:
+    """The checkpoint's settings, with the user's run-time flags on top; model/data flags must agree."""
+    merged = saved.to_dict()
+    for key in sorted(explicit):
+        group, value = FIELDS[key].metadata["group"], getattr(cli, key)
+        if group in (MODEL, DATA):
+            if value != merged[key]:
+                raise UsageError(f"--{key} {value} conflicts with the checkpoint {folder} (trained with "
+                                 f"{key}={merged[key]!r}); drop the flag or pick another --checkpoint")
+        elif group == RUNTIME:
+            merged[key] = value
+        else:
+            print(f"note: --{key} is a training flag and has no effect in inference", file=sys.stderr)
+    return settings_from_dict(merged)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    cli, explicit, _ = resolve(argv, "inference.py", __doc__.splitlines()[0], check=False)
+    if not cli.video_dir:
+        raise UsageError("--video_dir is required: a folder of frames, or a folder of frame folders "
+                         "(python create_dummy.py writes ./frames_see/)")
+    folder = pick_checkpoint(cli, explicit)
+    run_config = read_run_config(folder)
+    cfg = merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli, explicit, folder)
+    class_names = run_config["class_names"]
+    accelerator = make_accelerator(cfg)
+    built = build_model(cfg, len(class_names), arch=run_config["model_info"]["arch"], verbose=False)
+    built.model.load_state_dict(load_weights(folder))
+    model = built.model.to(accelerator.device)
+    try:
+        dataset = FrameFolderDataset(cfg.video_dir, cfg.num_frames, cfg.image_size, built.backbone.mean,
+                                     built.backbone.std, class_names)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"checkpoint: {folder} ({cfg.vision_model}, {len(class_names)} classes, "
+          f"pretrained backbone: {run_config['model_info']['pretrained']}) | {len(dataset)} video(s)")
+    loader = make_loader(dataset, cfg.batch_size, False, cfg.num_workers, cfg.seed)
+    result = evaluate(model, loader, accelerator, "inference", progress_enabled(cfg))
+    probs = result["logits"].softmax(-1)
+    k = min(cfg.top_k, len(class_names))
+    predictions = []
+    for i, video_id in enumerate(os.path.basename(f) for f in dataset.folders):
+        p, idx = probs[i].topk(k)
+        top = [dict(class_name=class_names[c], probability=round(float(q), 4)) for q, c in zip(p, idx.tolist())]
+        label = int(result["labels"][i])
+        entry = dict(video=video_id, top_k=top, predicted=top[0]["class_name"])
+        if label >= 0:
+            entry.update(true_class=class_names[label], correct=top[0]["class_name"] == class_names[label])
+        predictions.append(entry)
+        shown = ", ".join(f"{t['class_name']} {100 * t['probability']:.1f}%" for t in top)
+        print(f"{video_id}: {shown}" + (f"  [true: {class_names[label]}]" if label >= 0 else ""))
+    output = dict(checkpoint=folder, video_dir=cfg.video_dir, pretrained=run_config["model_info"]["pretrained"],
+                  predictions=predictions)
+    if "top1" in result:
+        output.update(top1=result["top1"], top5=result["top5"], num_labelled=int((result["labels"] >= 0).sum()),
+                      **classification_report(result["preds"], result["labels"], class_names))
+        print(f"accuracy on {output['num_labelled']} labelled videos: top1 {100 * result['top1']:.1f}% | "
+              f"top5 {100 * result['top5']:.1f}%")
+    write_json_atomic(cfg.predictions_file, output)
+    print(f"predictions written to {os.path.abspath(cfg.predictions_file)}")
+    return output
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

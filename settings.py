@@ -1,0 +1,335 @@
+"""One settings object and one parser for every script in the repo.
+
+Precedence: the dataclass defaults below < ``config_file.yaml`` (or ``--config FILE``) < command-line flags.
+
+* Every field of :class:`Settings` is a flag of the same name (``--vision_model``, ``--lr`` ...) and a key of the
+  YAML file. YAML may group keys in sections: ``lora: {r: 8}`` means ``lora_r: 8`` and ``fusion: {type: mean}``
+  means ``fusion: mean``.
+* Booleans accept ``True/False/true/false/1/0/yes/no/on/off``; a bare ``--flag`` means True.
+* Any user mistake (unknown flag or key, bad value, impossible combination) raises :class:`UsageError`, which the
+  scripts turn into one line on stderr and exit code 2 via :func:`run_cli`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import yaml
+
+DEFAULT_CONFIG_FILE = "config_file.yaml"
+
+
+class UsageError(Exception):
+    """A mistake by the user (flag, YAML, value, combination). Printed as one line; exit code 2."""
+
+
+def _opt(default, help: str, choices: Optional[Callable[[], Sequence[str]] | Sequence[str]] = None,
+         minimum: Optional[float] = None, maximum: Optional[float] = None, group: str = "train"):
+    """A dataclass field with CLI metadata. ``choices`` may be a callable so registries stay the single source."""
+    return field(default=default, metadata=dict(help=help, choices=choices, minimum=minimum, maximum=maximum,
+                                                group=group))
+
+
+def _vision_choices() -> list[str]:
+    from build_model import vision_model_choices  # late import: the registry lives with the builders
+    return vision_model_choices()
+
+
+def _fusion_choices() -> list[str]:
+    from fusion import FUSION_LAYERS
+    return sorted(FUSION_LAYERS)
+
+
+# Groups say what a setting is for. Inference rebuilds the model from the checkpoint's "model" and "data" settings;
+# the user may only override "runtime" ones there (see settings_for_inference).
+MODEL, DATA, TRAIN, RUNTIME = "model", "data", "train", "runtime"
+
+
+@dataclass
+class Settings:
+    # --- model -------------------------------------------------------------------------------------------------
+    vision_model: str = _opt("videomae", "vision backbone: a registry name or any timm model name",
+                             choices=_vision_choices, group=MODEL)
+    model_size: str = _opt("tiny", "architecture preset; 'base' is the published architecture",
+                           choices=("tiny", "small", "base"), group=MODEL)
+    pretrained: Optional[str] = _opt(None, "Hub id or local folder with pretrained weights; none = random init",
+                                     group=MODEL)
+    fusion: str = _opt("transformer", "temporal fusion after a per-frame (timm) backbone; 'mean' = frame averaging",
+                       choices=_fusion_choices, group=MODEL)
+    fusion_depth: int = _opt(2, "fusion layers", minimum=1, group=MODEL)
+    fusion_n_heads: int = _opt(4, "attention heads in the fusion layers", minimum=1, group=MODEL)
+    fusion_dim: int = _opt(0, "fusion width; 0 = the backbone's feature width", minimum=0, group=MODEL)
+    fusion_dropout: float = _opt(0.1, "dropout inside the fusion layers", minimum=0.0, maximum=1.0, group=MODEL)
+    head_dropout: float = _opt(0.0, "dropout before the classification head", minimum=0.0, maximum=1.0,
+                               group=MODEL)
+    freeze_visionbackbone: bool = _opt(False, "train only what follows the backbone (fusion and head)",
+                                       group=MODEL)
+    use_lora_vision: bool = _opt(False, "wrap the vision backbone with peft LoRA; train adapters + head",
+                                 group=MODEL)
+    lora_r: int = _opt(8, "LoRA rank", minimum=1, group=MODEL)
+    lora_alpha: float = _opt(16.0, "LoRA alpha (scale = alpha / r)", minimum=0.0, group=MODEL)
+    lora_dropout: float = _opt(0.05, "LoRA dropout", minimum=0.0, maximum=1.0, group=MODEL)
+    lora_target_modules: str = _opt("auto", "comma-separated module names for LoRA; 'auto' = per-backbone default",
+                                    group=MODEL)
+    use_vlm: bool = _opt(False, "vision + language model (vision+language issue)", group=MODEL)
+    language_model: Optional[str] = _opt(None, "language model for --use_vlm: bert, gpt2, a Hub id or a folder",
+                                         group=MODEL)
+    use_text: bool = _opt(False, "feed text (the dataset's hints or --text_input) to the model", group=MODEL)
+    captioning: bool = _opt(False, "train/run a captioner instead of a classifier", group=MODEL)
+    use_lora_llm: bool = _opt(False, "LoRA on the language model", group=MODEL)
+    # --- data --------------------------------------------------------------------------------------------------
+    dataset: str = _opt("synthetic", "training data: the synthetic .pt dataset", choices=("synthetic",), group=DATA)
+    data_root: str = _opt("synthetic_dataset", "dataset folder; the synthetic one is generated if missing",
+                          group=DATA)
+    num_frames: int = _opt(8, "frames sampled per clip", minimum=1, maximum=1024, group=DATA)
+    image_size: int = _opt(32, "frame side in pixels after resize + centre crop", minimum=8, maximum=1024,
+                           group=DATA)
+    val_fraction: float = _opt(0.1, "share of the train split held out (stratified, seeded) for validation",
+                               minimum=0.0, maximum=0.5, group=DATA)
+    # --- training ----------------------------------------------------------------------------------------------
+    epochs: int = _opt(30, "training epochs", minimum=1)
+    max_steps: int = _opt(0, "stop after this many optimizer steps (0 = no limit; for smoke tests)", minimum=0)
+    batch_size: int = _opt(32, "clips per batch", minimum=1, group=RUNTIME)
+    lr: float = _opt(5e-4, "peak learning rate (AdamW)", minimum=0.0)
+    weight_decay: float = _opt(0.05, "AdamW weight decay (not on biases and norms)", minimum=0.0)
+    warmup_ratio: float = _opt(0.1, "share of the steps spent in linear warm-up before the cosine decay",
+                               minimum=0.0, maximum=1.0)
+    label_smoothing: float = _opt(0.1, "cross-entropy label smoothing", minimum=0.0, maximum=1.0)
+    max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 = off)", minimum=0.0)
+    gradient_accumulation_steps: int = _opt(1, "batches per optimizer step", minimum=1)
+    mixed_precision: str = _opt("no", "autocast dtype: no, bf16 (CPU and recent GPUs) or fp16 (GPU, scaled)",
+                                choices=("no", "bf16", "fp16"), group=RUNTIME)
+    seed: int = _opt(0, "seed for data order, init and augmentation", minimum=0, group=RUNTIME)
+    num_workers: int = _opt(0, "DataLoader worker processes", minimum=0, group=RUNTIME)
+    device: str = _opt("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"), group=RUNTIME)
+    output_dir: str = _opt("checkpoints", "where runs are written: <output_dir>/<run_name>/", group=RUNTIME)
+    run_name: Optional[str] = _opt(None, "run folder name; default: <vision_model>-<fusion>-<time>", group=RUNTIME)
+    resume_from_checkpoint: Optional[str] = _opt(None, "a checkpoint folder, or 'latest' in this run's folder")
+    quiet: bool = _opt(False, "no progress bars", group=RUNTIME)
+    # --- inference ---------------------------------------------------------------------------------------------
+    video_dir: Optional[str] = _opt(None, "inference input: one frame folder or a folder of them", group=RUNTIME)
+    checkpoint: Optional[str] = _opt(None, "checkpoint folder for inference; default: newest run matching the flags",
+                                     group=RUNTIME)
+    top_k: int = _opt(5, "classes printed per video", minimum=1, group=RUNTIME)
+    predictions_file: str = _opt("predictions.json", "where inference writes its predictions (JSON)",
+                                 group=RUNTIME)
+    text_input: Optional[str] = _opt(None, "text given to a text-conditioned model at inference", group=RUNTIME)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+# Flags that later issues implement; they parse today so the seed commands give a clear answer.
+NOT_YET = {"use_vlm": "vision+language models", "use_text": "text input", "captioning": "captioning",
+           "use_lora_llm": "LoRA on a language model"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# value parsing
+# ----------------------------------------------------------------------------------------------------------------
+TRUE_WORDS = {"true", "1", "yes", "y", "on"}
+FALSE_WORDS = {"false", "0", "no", "n", "off"}
+NONE_WORDS = {"none", "null", ""}
+
+
+def parse_bool(value: Any, name: str = "value") -> bool:
+    """'True'/'false'/'1'/'no'/... -> bool. Never lets the string 'False' become truthy."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise UsageError(f"--{name} expects a boolean, got {value!r}; use True or False")
+
+
+def _field_type(f: dataclasses.Field) -> str:
+    return str(f.type).replace("Optional[", "").rstrip("]")
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a YAML or CLI value to the field's type, with a clear error."""
+    f = FIELDS[name]
+    kind = _field_type(f)
+    optional = "Optional" in str(f.type)
+    if optional and (value is None or (isinstance(value, str) and value.strip().lower() in NONE_WORDS)):
+        return None
+    try:
+        if kind == "bool":
+            return parse_bool(value, name)
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--{name} expects {'an integer' if kind == 'int' else 'a number'}, got {value!r}") from None
+    if isinstance(value, (dict, list)):
+        raise UsageError(f"--{name} expects a single value, got {value!r}")
+    return str(value)
+
+
+def _choices(f: dataclasses.Field) -> Optional[Sequence[str]]:
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def nearest(name: str, candidates: Sequence[str]) -> str:
+    """' (did you mean --x?)' for a typo, else ''."""
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# YAML
+# ----------------------------------------------------------------------------------------------------------------
+def flatten_yaml(data: dict, prefix: str = "") -> dict[str, Any]:
+    """``{lora: {r: 8}, fusion: {type: mean, depth: 2}}`` -> ``{lora_r: 8, fusion: mean, fusion_depth: 2}``."""
+    flat = {}
+    for key, value in data.items():
+        key = str(key)
+        full = prefix if (prefix and key in ("type", "name")) else (f"{prefix}_{key}" if prefix else key)
+        if isinstance(value, dict):
+            flat.update(flatten_yaml(value, full))
+        else:
+            flat[full] = value
+    return flat
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a settings YAML (safe loader) into flat, type-checked {field: value}."""
+    if not os.path.isfile(path):
+        raise UsageError(f"config file {path!r} not found; pass an existing file with --config")
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path!r} must hold a mapping of settings, got {type(data).__name__}")
+    values = {}
+    for key, value in flatten_yaml(data).items():
+        if key not in FIELDS:
+            raise UsageError(f"unknown key {key!r} in {path}{nearest(key, list(FIELDS))} (valid keys: see --help)")
+        values[key] = coerce(key, value)
+    return values
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# argparse
+# ----------------------------------------------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line) instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            flag = message.split(":", 1)[1].split()[0]
+            options = [o for a in self._actions for o in a.option_strings]
+            raise UsageError(f"unknown flag {flag}{nearest(flag.split('=')[0], options)} (see --help)")
+        raise UsageError(message)
+
+
+def build_parser(prog: str, description: str, extra: Optional[Callable[[argparse.ArgumentParser], None]] = None
+                 ) -> argparse.ArgumentParser:
+    """A parser with every Settings field as a flag, defaults suppressed (so we know what the user typed)."""
+    parser = Parser(prog=prog, description=description, allow_abbrev=False, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", default=argparse.SUPPRESS,
+                        help=f"settings YAML read over the defaults (default: ./{DEFAULT_CONFIG_FILE} if present)")
+    for name, f in FIELDS.items():
+        kind = _field_type(f)
+        help_text = f"{f.metadata['help']} (default: {f.default})"
+        if kind == "bool":
+            parser.add_argument(f"--{name}", nargs="?", const="true", metavar="BOOL", help=help_text)
+        else:
+            choices = f.metadata.get("choices")
+            if choices is not None and not callable(choices):
+                help_text += f" [{', '.join(choices)}]"
+            parser.add_argument(f"--{name}", metavar=kind.upper(), help=help_text)
+    if extra:
+        extra(parser)
+    return parser
+
+
+def validate(cfg: Settings) -> Settings:
+    """Range, choice and combination checks. Raises UsageError naming the fix."""
+    for name, f in FIELDS.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        choices = _choices(f)
+        if choices is not None and name != "vision_model" and value not in choices:
+            raise UsageError(f"--{name} {value!r} is not valid{nearest(str(value), choices)}; "
+                             f"choose one of: {', '.join(choices)}")
+        lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum")
+        if lo is not None and value < lo:
+            raise UsageError(f"--{name} must be >= {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise UsageError(f"--{name} must be <= {hi}, got {value}")
+    from build_model import check_vision_model  # registry check lists the valid names
+    check_vision_model(cfg.vision_model)
+    for name, what in NOT_YET.items():
+        if getattr(cfg, name):
+            raise UsageError(f"--{name} True: {what} are not available yet in this version; "
+                             f"drop --{name} (or set it False) to train a vision-only classifier")
+    if cfg.language_model is not None:
+        raise UsageError("--language_model needs --use_vlm True, and vision+language models are not available yet; "
+                         "drop --language_model")
+    if cfg.use_lora_vision and cfg.freeze_visionbackbone:
+        raise UsageError("--use_lora_vision True and --freeze_visionbackbone True contradict each other "
+                         "(LoRA trains adapters inside the backbone); choose one")
+    if cfg.image_size % 2:
+        raise UsageError(f"--image_size must be even, got {cfg.image_size}")
+    return cfg
+
+
+def resolve(argv: Optional[Sequence[str]], prog: str, description: str,
+            extra: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+            check: bool = True) -> tuple[Settings, set[str], argparse.Namespace]:
+    """Parse defaults < YAML < CLI. Returns (settings, names the user set on the CLI, the raw namespace).
+
+    ``check=False`` skips :func:`validate` (inference validates after merging with the checkpoint).
+    """
+    parser = build_parser(prog, description, extra)
+    ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    explicit = vars(ns).copy()
+    config_path = explicit.pop("config", None)
+    if config_path is None and os.path.isfile(DEFAULT_CONFIG_FILE):
+        config_path = DEFAULT_CONFIG_FILE
+    values = load_yaml(config_path) if config_path else {}
+    cli_values = {k: coerce(k, v) for k, v in explicit.items() if k in FIELDS}
+    values.update(cli_values)
+    cfg = Settings(**values)
+    if check:
+        validate(cfg)
+    return cfg, set(cli_values), ns
+
+
+def settings_from_dict(data: dict[str, Any]) -> Settings:
+    """Rebuild Settings saved in a checkpoint; keys this version does not know are dropped."""
+    return Settings(**{k: v for k, v in data.items() if k in FIELDS})
+
+
+def run_cli(main_fn: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> int:
+    """Run a script's main; a UsageError becomes one line on stderr and exit code 2."""
+    prog = os.path.basename(sys.argv[0]) or "main.py"
+    try:
+        main_fn(argv)
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return 0

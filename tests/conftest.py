@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny settings and a tiny synthetic dataset written into a temp folder (no network)."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import dummy_data  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """4 classes x (6 train, 2 test) videos of 4 frames at 32 px."""
+    root = str(tmp_path_factory.mktemp("data") / "synthetic")
+    dummy_data.write_dataset(root, num_classes=4, train_per_class=6, test_per_class=2, num_frames=4, size=32,
+                             seed=1, quiet=True)
+    return root
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run in an empty folder (no config_file.yaml picked up by accident)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+TINY_FLAGS = ["--model_size", "tiny", "--num_frames", "4", "--image_size", "32"]
