@@ -29,7 +29,7 @@ def test_training_writes_checkpoints_and_eval(trained_run):
     for sub in ("best", "last"):
         assert os.path.isfile(os.path.join(run, sub, "model.safetensors"))
     config = read_run_config(os.path.join(run, "best"))
-    assert config["settings"]["vision_model"] == "timesformer" and config["model_info"]["pretrained"] is False
+    assert config["settings"]["vision_model"] == "videomae" and config["model_info"]["pretrained"] is False
     assert config["class_names"][:2] == ["move_right", "move_left"]
     state = load_training_state(os.path.join(run, "last"))  # weights_only=True load
     assert state["step"] == 2
@@ -76,7 +76,7 @@ def test_inference_refuses_conflicting_model_flags(trained_run, tiny_dataset, tm
     with pytest.raises(UsageError, match="conflicts with the checkpoint"):
         inference.main(["--video_dir", str(tmp_path), "--checkpoint", folder, "--num_frames", "8"])
     with pytest.raises(UsageError, match="no run under"):
-        inference.main(["--video_dir", str(tmp_path), "--output_dir", out, "--vision_model", "videomae"])
+        inference.main(["--video_dir", str(tmp_path), "--output_dir", out, "--vision_model", "timesformer"])
     with pytest.raises(UsageError, match="not a checkpoint"):
         inference.main(["--video_dir", str(tmp_path), "--checkpoint", str(tmp_path)])
 

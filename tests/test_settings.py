@@ -33,7 +33,7 @@ def test_default_config_file_is_read_from_cwd(in_tmp):
 def test_repo_config_file_matches_settings():
     """The shipped config_file.yaml only holds known keys (it is read on every run)."""
     cfg, _, _ = resolve(["--config", os.path.join(ROOT, "config_file.yaml")], "t", "t")
-    assert cfg.vision_model == "timesformer"
+    assert cfg.vision_model == "videomae"
 
 
 @pytest.mark.parametrize("text,expected", [("True", True), ("true", True), ("1", True), ("yes", True),
@@ -52,7 +52,7 @@ def test_bare_flag_means_true_and_false_means_off(in_tmp):
 
 @pytest.mark.parametrize("argv,needle", [
     (["--use_lora_vision", "maybe"], "expects a boolean"),
-    (["--lr_rate", "0.1"], "did you mean '--lr'"),
+    (["--epoch", "3"], "did you mean '--epochs'"),
     (["--vision_model", "timesformr"], "did you mean 'timesformer'"),
     (["--epochs", "0"], "must be >= 1"),
     (["--epochs", "two"], "expects an integer"),
