@@ -40,6 +40,10 @@ def make_accelerator(cfg: Settings) -> Accelerator:
         raise UsageError("--mixed_precision fp16 needs a CUDA GPU; on CPU use --mixed_precision bf16 (or no)")
     if cfg.mixed_precision == "bf16" and not use_cpu and not torch.cuda.is_bf16_supported():
         raise UsageError("this GPU does not support bf16; use --mixed_precision fp16 (or no)")
+    # AcceleratorState is a process-wide singleton that refuses a second precision; in-process callers (tests,
+    # benchmarks, a notebook) build several. Reset it (not the distributed PartialState) so each run gets its own.
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=False)
     # seedable sampler: the shuffle order is a function of (seed, epoch), so a resumed run sees the same order
     return Accelerator(cpu=use_cpu, mixed_precision=cfg.mixed_precision,
                        gradient_accumulation_steps=cfg.gradient_accumulation_steps,

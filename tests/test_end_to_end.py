@@ -104,3 +104,11 @@ def test_atomic_save_keeps_previous_checkpoint_on_failure(tmp_path):
         save_checkpoint(folder, Boom(), {"settings": {}})
     torch.testing.assert_close(load_weights(folder)["w"], torch.ones(2))
     assert [f for f in os.listdir(tmp_path) if f != "ckpt"] == []  # no temp leftovers
+
+
+def test_bf16_autocast_and_accumulation_train_on_cpu(tiny_dataset, tmp_path):
+    result = train_main.main(["--data_root", tiny_dataset, "--output_dir", str(tmp_path), "--run_name", "bf16",
+                              "--epochs", "1", "--batch_size", "4", "--gradient_accumulation_steps", "2",
+                              "--mixed_precision", "bf16", *TINY_FLAGS, "--quiet"])
+    assert result["history"][-1]["step"] == 3  # 20 clips / batch 4 = 5 micro-batches -> 3 optimizer steps
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in result["history"])
