@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Optional, Sequence
 
 import torch
@@ -32,7 +33,7 @@ def export_split(data_root: str, split: str, out_dir: str, max_videos: int = 0, 
     if max_videos:
         records = records[:: max(1, len(records) // max_videos)][:max_videos]  # spread over all classes
     labels = {}
-    for rec in tqdm(records, desc=f"frames -> {out_dir}", disable=quiet, leave=False):
+    for rec in tqdm(records, desc=f"frames -> {out_dir}", disable=quiet or not sys.stderr.isatty(), leave=False):
         name = os.path.splitext(rec["path"])[0].replace("/", "_")  # class_3/video_12.pt -> class_3_video_12
         video = torch.load(os.path.join(data_root, split, rec["path"]), weights_only=True)
         video_to_frames(video, os.path.join(out_dir, name))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -171,7 +172,7 @@ def write_split(root: str, split: str, per_class: int, num_classes: int, num_fra
     """Write one split's videos and annotations.jsonl; returns the annotation records."""
     records = []
     jobs = [(label, i) for label in range(num_classes) for i in range(per_class)]
-    for label, i in tqdm(jobs, desc=f"synthetic {split}", disable=quiet, leave=False):
+    for label, i in tqdm(jobs, desc=f"synthetic {split}", disable=quiet or not sys.stderr.isatty(), leave=False):
         video, spec = make_video(label, num_frames, size, seed=(seed, SPLIT_IDS[split], label, i))
         rel = f"class_{label}/video_{i}.pt"
         os.makedirs(os.path.join(root, split, f"class_{label}"), exist_ok=True)
