@@ -72,12 +72,17 @@ def read_annotations(root: str, split: str) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def read_class_names(root: str) -> list[str]:
+def read_dataset_meta(root: str) -> dict:
+    """classes.json of a synthetic dataset: class names, reversal pairs, generator settings."""
     path = os.path.join(root, "classes.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found; generate the dataset with: python dummy_data.py --root {root}")
     with open(path) as fh:
-        return json.load(fh)["class_names"]
+        return json.load(fh)
+
+
+def read_class_names(root: str) -> list[str]:
+    return read_dataset_meta(root)["class_names"]
 
 
 def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:

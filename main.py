@@ -15,11 +15,10 @@ import yaml
 
 import dummy_data
 from build_model import build_model
-from checkpointing import write_json_atomic
+from checkpointing import load_weights, write_json_atomic
 from settings import Settings, UsageError, resolve, run_cli
 from train_code import classification_report, evaluate, make_accelerator, progress_enabled, train
-from VLoader import build_datasets, make_loader, read_class_names
-from checkpointing import load_weights
+from VLoader import build_datasets, make_loader, read_class_names, read_dataset_meta
 
 
 def ensure_dataset(cfg: Settings) -> None:
@@ -34,12 +33,6 @@ def ensure_dataset(cfg: Settings) -> None:
 def default_run_name(cfg: Settings) -> str:
     part = cfg.fusion if cfg.vision_model not in ("timesformer", "videomae") else cfg.model_size
     return f"{cfg.vision_model}-{part}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def dataset_meta(root: str) -> dict:
-    import json
-    with open(os.path.join(root, "classes.json")) as fh:
-        return json.load(fh)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -71,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     model = model.to(accelerator.device)
     test_loader = make_loader(data.test, cfg.batch_size, False, cfg.num_workers, cfg.seed)
     test = evaluate(model, test_loader, accelerator, "test", progress_enabled(cfg))
-    pairs = dataset_meta(cfg.data_root).get("reversal_pairs")
+    pairs = read_dataset_meta(cfg.data_root).get("reversal_pairs")
     report = classification_report(test["preds"], test["labels"], class_names, pairs)
     eval_json = dict(split="test", checkpoint=result.best_dir, num_samples=test["num_samples"], top1=test["top1"],
                      top5=test["top5"], loss=test["loss"], **report, train_seconds=round(train_seconds, 1),

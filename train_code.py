@@ -207,7 +207,8 @@ def _resume(cfg: Settings, run_dir: str, model, optimizer, scheduler, train_load
     path = cfg.resume_from_checkpoint
     if path == "latest":
         path = os.path.join(run_dir, "last")
-    saved = read_run_config(path)["settings"]
+    run_config = read_run_config(path)
+    saved = run_config["settings"]
     for key in ("vision_model", "model_size", "fusion", "num_frames", "image_size", "use_lora_vision",
                 "freeze_visionbackbone"):
         if saved.get(key) != getattr(cfg, key):
@@ -223,7 +224,7 @@ def _resume(cfg: Settings, run_dir: str, model, optimizer, scheduler, train_load
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
-    history = read_run_config(path).get("history", [])
+    history = run_config.get("history", [])
     print(f"resumed from {path} at epoch {state['epoch']} (step {state['step']})")
     return int(state["epoch"]), int(state["step"]), float(state["best_top1"]), history
 
