@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from fusion import TemporalFusionEncoder
+from fusion import TemporalFusionEncoder, fusion_options
 from settings import Settings, UsageError, nearest
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -277,9 +277,8 @@ class VideoClassifier(nn.Module):
         dim = backbone.feature_dim
         if backbone.kind == "frame":
             dim = cfg.fusion_dim or backbone.feature_dim
-            self.temporal = TemporalFusionEncoder(backbone.feature_dim, dim, cfg.fusion, cfg.fusion_depth,
-                                                  cfg.fusion_n_heads, cfg.fusion_dropout,
-                                                  max_len=max(cfg.num_frames, 64))
+            self.temporal = TemporalFusionEncoder(backbone.feature_dim, dim, cfg.fusion,
+                                                  max_len=max(cfg.num_frames, 64), **fusion_options(cfg))
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Dropout(cfg.head_dropout), nn.Linear(dim, num_classes))
         self.label_smoothing = cfg.label_smoothing
         self.num_classes = num_classes

@@ -17,11 +17,14 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ssm import MambaMixer
+
 
 class TransformerFusion(nn.Module):
     """Pre-norm Transformer encoder layers over the token sequence, honouring the padding mask."""
 
     order_aware = True
+    sees_whole_sequence = True  # token 0 (CLS) attends to every token
 
     def __init__(self, dim: int, depth: int = 2, n_heads: int = 4, dropout: float = 0.1, **_unused):
         super().__init__()
@@ -38,6 +41,32 @@ class TransformerFusion(nn.Module):
         return self.norm(self.layers(x, src_key_padding_mask=padding_mask))
 
 
+class MambaFusion(nn.Module):
+    """Pre-norm residual Mamba layers (``x + mixer(rmsnorm(x))``), then a final RMSNorm.
+
+    Bidirectional (default) scans both ways, so token 0 (CLS) sees every token; a causal (one-way) stack sees only
+    what came before, so the encoder reads the last real token instead. Runs mamba-ssm's CUDA kernels when they are
+    installed and the input is on a GPU, and a parallel pure-PyTorch scan everywhere else (ssm.py).
+    """
+
+    order_aware = True
+
+    def __init__(self, dim: int, depth: int = 2, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dropout: float = 0.1, bidirectional: bool = True, **_unused):
+        super().__init__()
+        self.sees_whole_sequence = bidirectional
+        self.norms = nn.ModuleList(nn.RMSNorm(dim) for _ in range(depth))
+        self.mixers = nn.ModuleList(MambaMixer(dim, d_state, d_conv, expand, bidirectional) for _ in range(depth))
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.RMSNorm(dim)
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # x: [B, L, D]; padding_mask: [B, L], True where padded
+        for norm, mixer in zip(self.norms, self.mixers):
+            x = x + self.dropout(mixer(norm(x), padding_mask))
+        return self.norm(x)
+
+
 class MeanFusion(nn.Module):
     """Identity layer: the encoder then pools by masked mean (frame-averaging baseline)."""
 
@@ -50,20 +79,29 @@ class MeanFusion(nn.Module):
         return x
 
 
-FUSION_LAYERS: dict[str, type[nn.Module]] = {"transformer": TransformerFusion, "mean": MeanFusion}
+FUSION_LAYERS: dict[str, type[nn.Module]] = {"transformer": TransformerFusion, "mamba": MambaFusion,
+                                             "mean": MeanFusion}
 
 VIDEO_MODALITY = 0
+
+
+def fusion_options(cfg) -> dict:
+    """The fusion-layer keyword arguments from settings (``fusion_*`` keys)."""
+    return dict(depth=cfg.fusion_depth, n_heads=cfg.fusion_n_heads, dropout=cfg.fusion_dropout,
+                d_state=cfg.fusion_d_state, d_conv=cfg.fusion_d_conv, expand=cfg.fusion_expand,
+                bidirectional=cfg.fusion_bidirectional)
 
 
 class TemporalFusionEncoder(nn.Module):
     """Per-frame features [B, T, D_in] -> one clip vector [B, D]."""
 
-    def __init__(self, in_dim: int, dim: int, fusion: str = "transformer", depth: int = 2, n_heads: int = 4,
-                 dropout: float = 0.1, max_len: int = 1024, num_modalities: int = 2):
+    def __init__(self, in_dim: int, dim: int, fusion: str = "transformer", max_len: int = 1024,
+                 num_modalities: int = 2, **layer_options):
+        """``layer_options`` go to the fusion layer: depth, n_heads, dropout, d_state, d_conv, expand, bidirectional."""
         super().__init__()
         if fusion not in FUSION_LAYERS:
             raise ValueError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSION_LAYERS)}")
-        self.layer = FUSION_LAYERS[fusion](dim=dim, depth=depth, n_heads=n_heads, dropout=dropout)
+        self.layer = FUSION_LAYERS[fusion](dim=dim, **layer_options)
         self.order_aware = self.layer.order_aware
         self.proj = nn.Linear(in_dim, dim) if in_dim != dim else nn.Identity()
         if self.order_aware:
@@ -91,4 +129,8 @@ class TemporalFusionEncoder(nn.Module):
         mask = None
         if frame_mask is not None:
             mask = torch.cat([frame_mask.new_zeros(batch, 1), frame_mask], dim=1)  # CLS is never padding
-        return self.layer(x, mask)[:, 0]  # CLS: [B, D]
+        out = self.layer(x, mask)  # [B, 1 + T, D]
+        if self.layer.sees_whole_sequence:
+            return out[:, 0]  # CLS: [B, D]
+        last = length if mask is None else (~mask).sum(1) - 1  # a causal layer: the last real token has seen all
+        return out[torch.arange(batch, device=out.device), last]

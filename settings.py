@@ -59,12 +59,17 @@ class Settings:
                            choices=("tiny", "small", "base"), group=MODEL)
     pretrained: Optional[str] = _opt(None, "Hub id or local folder with pretrained weights; none = random init",
                                      group=MODEL)
-    fusion: str = _opt("transformer", "temporal fusion after a per-frame (timm) backbone; 'mean' = frame averaging",
-                       choices=_fusion_choices, group=MODEL)
+    fusion: str = _opt("transformer", "temporal fusion after a per-frame (timm) backbone: transformer, mamba, or "
+                       "'mean' = frame averaging", choices=_fusion_choices, group=MODEL)
     fusion_depth: int = _opt(2, "fusion layers", minimum=1, group=MODEL)
     fusion_n_heads: int = _opt(4, "attention heads in the fusion layers", minimum=1, group=MODEL)
     fusion_dim: int = _opt(0, "fusion width; 0 = the backbone's feature width", minimum=0, group=MODEL)
     fusion_dropout: float = _opt(0.1, "dropout inside the fusion layers", minimum=0.0, maximum=1.0, group=MODEL)
+    fusion_d_state: int = _opt(16, "Mamba fusion: state size per channel", minimum=1, group=MODEL)
+    fusion_d_conv: int = _opt(4, "Mamba fusion: causal depthwise convolution width", minimum=1, group=MODEL)
+    fusion_expand: int = _opt(2, "Mamba fusion: inner width = expand * fusion width", minimum=1, group=MODEL)
+    fusion_bidirectional: bool = _opt(True, "Mamba fusion: scan both ways (non-causal, VideoMamba); False = causal",
+                                      group=MODEL)
     head_dropout: float = _opt(0.0, "dropout before the classification head", minimum=0.0, maximum=1.0,
                                group=MODEL)
     freeze_visionbackbone: bool = _opt(False, "train only what follows the backbone (fusion and head)",

@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -30,18 +28,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.common import median_time, reset_peak_rss, vm_hwm_bytes  # noqa: E402
 from build_model import build_model  # noqa: E402
 from settings import Settings  # noqa: E402
 from train_code import make_accelerator, param_groups, train_step  # noqa: E402
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def loop_overhead(steps: int, repeats: int, batch_size: int) -> dict:
@@ -108,15 +98,6 @@ def base_step_flops(dtype_name: str, repeats: int) -> dict:
     return dict(dtype=dtype_name, flops_per_step=flops, step_seconds=seconds, achieved_flops=flops / seconds)
 
 
-def _vm_hwm_bytes() -> int:
-    """Peak resident memory since the last clear_refs reset (Linux), else since process start."""
-    try:
-        with open("/proc/self/status") as fh:
-            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _peak_memory_child(lora: bool) -> None:
     """Runs in a fresh process: build base TimeSformer, one warm-up + one measured training step, print JSON."""
     import psutil
@@ -126,13 +107,12 @@ def _peak_memory_child(lora: bool) -> None:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = dict(pixel_values=torch.randn(1, 8, 3, 224, 224), labels=torch.tensor([3]))
     rss_model = psutil.Process().memory_info().rss
-    with open("/proc/self/clear_refs", "w") as fh:  # reset the peak (VmHWM) so model building does not count
-        fh.write("5")
+    reset_peak_rss()  # so model building does not count
     for _ in range(2):  # the second step has optimizer state allocated
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    peak = _vm_hwm_bytes()
+    peak = vm_hwm_bytes()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(json.dumps(dict(lora=lora, peak_rss_bytes=peak, rss_after_build_bytes=rss_model, trainable=trainable)))
 
