@@ -11,8 +11,9 @@ Two implementations, chosen at run time by ``selective_scan``:
 * ``ChunkedSelectiveScan`` everywhere else: pure PyTorch, **parallel over the sequence**. The sequence is cut into
   ``n_chunks`` chunks of ``chunk_len`` steps (both about sqrt(L)); the steps inside a chunk advance for all chunks at
   once, a short pass carries the state from chunk to chunk, and a second pass adds it in. A length-L scan therefore
-  takes about 2 * sqrt(L) tensor steps instead of L. The backward pass is written out (it is the same recurrence run
-  in reverse) so nothing of size [B, L, D, N] is kept between forward and backward; states are recomputed.
+  takes about 3 sqrt(L) tensor steps forward and 4 sqrt(L) backward, instead of L. The backward pass is written out
+  (it is the same recurrence run in reverse), so nothing of size [B, L, D, N] is kept between forward and backward:
+  states are recomputed from the saved chunk-start states.
 
 The state is always fp32, also under bf16/fp16 autocast.
 """
@@ -69,7 +70,7 @@ def _decay(dt_k: torch.Tensor, A_nd: torch.Tensor, out: torch.Tensor) -> torch.T
 
 def _step_(state: torch.Tensor, decay: torch.Tensor, dtx_k: torch.Tensor, B_k: torch.Tensor) -> torch.Tensor:
     """In place: state = decay * state + B outer (dt * x). state, decay [M, N, D]; dtx_k [M, D]; B_k [M, N]."""
-    return state.mul_(decay).baddbmm_(B_k.unsqueeze(-1), dtx_k.unsqueeze(1))
+    return state.mul_(decay).addcmul_(B_k.unsqueeze(-1), dtx_k.unsqueeze(1))
 
 
 def _chunk_start_states(dt_s, dtx_s, B_s, A_nd, batch, n_chunks):
@@ -138,7 +139,7 @@ class ChunkedSelectiveScan(torch.autograd.Function):
         # chunk end; pass 2: carry across chunks (last to first); pass 3 below starts each chunk from its carry.
         carried = torch.zeros_like(starts)  # a[k] g[k] of the step just processed: [M, N, D]
         for k in reversed(range(chunk_len)):
-            carried.baddbmm_(C_s[k].unsqueeze(-1), grad_y_s[k].unsqueeze(1)).mul_(decays[k])
+            carried.addcmul_(C_s[k].unsqueeze(-1), grad_y_s[k].unsqueeze(1)).mul_(decays[k])
         into_chunk_end = torch.zeros_like(chunk_decay)  # dL/dh at a chunk's last step from later chunks
         carry_back = carried.view(n_chunks, batch, -1, dim)
         for c in range(n_chunks - 1, 0, -1):
@@ -150,7 +151,7 @@ class ChunkedSelectiveScan(torch.autograd.Function):
         grad_state = into_chunk_end.view(rows, -1, dim)
         grad_log_decay = torch.empty_like(starts)
         for k in reversed(range(chunk_len)):
-            grad_state.baddbmm_(C_s[k].unsqueeze(-1), grad_y_s[k].unsqueeze(1))  # g[k]: [M, N, D]
+            grad_state.addcmul_(C_s[k].unsqueeze(-1), grad_y_s[k].unsqueeze(1))  # g[k]: [M, N, D]
             torch.bmm(states[k], grad_y_s[k].unsqueeze(-1), out=grad_C_s[k].unsqueeze(-1))  # [M, N, 1]
             torch.bmm(B_s[k].unsqueeze(1), grad_state, out=grad_dtx_s[k].unsqueeze(1))  # [M, 1, D]
             torch.bmm(grad_state, dtx_s[k].unsqueeze(-1), out=grad_B_s[k].unsqueeze(-1))  # [M, N, 1]

@@ -8,8 +8,9 @@ Batch 4, width 256, 2 layers, fp32, L = 16 ... 4096, for:
   * mambapy's Mamba (Blelloch parallel scan, causal);
   * transformers' MambaModel without the CUDA kernels (its sequential fallback), only up to the first length that
     takes more than --slow_limit seconds.
-Each figure is the median of --repeats timings after one warm-up. Peak memory is the rise of the process's peak
-RSS (VmHWM, reset before each measurement) over the RSS before it. Goals (issue 4): at L >= 1024 our Mamba fusion is
+Each figure is the median of --repeats timings after one warm-up (one timing where the warm-up took over 30 s).
+Peak memory is measured in a fresh process per row: the rise of the peak RSS (VmHWM) during one forward + backward
+over the RSS after building the layer and its input (memory the allocator keeps from earlier runs would hide it). Goals (issue 4): at L >= 1024 our Mamba fusion is
 faster than our Transformer fusion and at least 2x faster than mambapy; time(4096) / time(1024) <= 4.5.
 No figure is a pass/fail test; results go to BENCHMARKS.md.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 
 import torch
@@ -72,19 +74,32 @@ def forward_backward(module: torch.nn.Module, length: int):
     return step
 
 
+def peak_memory_child(name: str, length: int) -> None:
+    """Runs in a fresh process: one forward + backward, prints the peak RSS rise in bytes (or -1)."""
+    torch.manual_seed(0)
+    step = forward_backward(build(name).train(), length)
+    rss_before = current_rss_bytes()
+    if not reset_peak_rss():
+        print(-1)
+        return
+    step()
+    print(max(0, vm_hwm_bytes() - rss_before))
+
+
+def peak_memory_mib(name: str, length: int):
+    out = subprocess.run([sys.executable, __file__, "--_memory_child", f"{name}|{length}"], capture_output=True,
+                         text=True, check=True)
+    peak = int(out.stdout.strip().splitlines()[-1])
+    return None if peak < 0 else peak / 2**20
+
+
 def measure(name: str, length: int, repeats: int) -> dict:
     torch.manual_seed(0)
-    module = build(name).train()
-    step = forward_backward(module, length)
+    step = forward_backward(build(name).train(), length)
     first = median_time(step, 1)  # warm-up, also the single timing for slow implementations
     seconds = first if first > 30 else median_time(step, repeats)
-    rss_before = current_rss_bytes()
-    peak = None
-    if reset_peak_rss():
-        step()
-        peak = max(0, vm_hwm_bytes() - rss_before)
-    return dict(implementation=name, length=length, seconds=seconds, peak_mib=None if peak is None else peak / 2**20,
-                repeats=1 if first > 30 else repeats)
+    peak = peak_memory_mib(name, length) if first <= 30 else None  # a slow row is not run a second time
+    return dict(implementation=name, length=length, seconds=seconds, peak_mib=peak, repeats=1 if first > 30 else repeats)
 
 
 def main() -> None:
@@ -94,7 +109,12 @@ def main() -> None:
     parser.add_argument("--slow_limit", type=float, default=60.0, help="stop an implementation after a slower length")
     parser.add_argument("--only", help="comma-separated implementation names to run")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--_memory_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._memory_child:
+        name, length = args._memory_child.split("|")
+        peak_memory_child(name, int(length))
+        return
     lengths = [int(v) for v in args.lengths.split(",")]
     names = IMPLEMENTATIONS if not args.only else [n for n in IMPLEMENTATIONS if any(o in n for o in args.only.split(","))]
     rows, stopped = [], set()
@@ -104,7 +124,8 @@ def main() -> None:
                 continue
             row = measure(name, length, args.repeats)
             rows.append(row)
-            print(f"L={length:5d} {name:32s} {row['seconds']:9.3f} s  peak +{row['peak_mib'] or 0:8.1f} MiB", flush=True)
+            peak = "not measured" if row["peak_mib"] is None else f"+{row['peak_mib']:.1f} MiB"
+            print(f"L={length:5d} {name:32s} {row['seconds']:9.3f} s  peak {peak}", flush=True)
             if row["seconds"] > args.slow_limit:
                 stopped.add(name)
     summary = summarize(rows)

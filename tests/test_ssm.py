@@ -151,3 +151,11 @@ def test_cuda_kernels_are_optional():
         assert not ssm.cuda_kernels_available()
     y = ssm.MambaMixer(8, d_state=4)(torch.randn(1, 4, 8))
     assert y.shape == (1, 4, 8)
+
+
+@pytest.mark.skipif(not ssm.cuda_kernels_available(), reason="needs mamba-ssm and a CUDA GPU")
+def test_cuda_kernels_agree_with_pytorch_scan():
+    inputs = [t.detach() for t in scan_inputs(2, 257, dim=64, d_state=16)]
+    cpu = ssm.ChunkedSelectiveScan.apply(*inputs, 16)
+    gpu = ssm.selective_scan(*[t.cuda() for t in inputs])
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
