@@ -24,6 +24,8 @@ from torchvision.transforms.v2 import functional as TF
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 FRAME_LABELS_FILE = "labels.json"  # optional {video_name: class_name} beside exported frame folders
+FRAME_TEXTS_FILE = "texts.json"  # optional {video_name: text hint}
+FRAME_CAPTIONS_FILE = "captions.json"  # optional {video_name: reference caption}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -165,8 +167,9 @@ def read_frames(folder: str, indices: Optional[Sequence[int]] = None) -> torch.T
     return torch.stack(frames)
 
 
-def read_frame_labels(video_dir: str) -> dict[str, str]:
-    path = os.path.join(video_dir, FRAME_LABELS_FILE)
+def read_frame_labels(video_dir: str, filename: str = FRAME_LABELS_FILE) -> dict[str, str]:
+    """{video_name: value} from a JSON file beside the frame folders ({} when absent)."""
+    path = os.path.join(video_dir, filename)
     if not os.path.isfile(path):
         return {}
     with open(path) as fh:
@@ -174,14 +177,20 @@ def read_frame_labels(video_dir: str) -> dict[str, str]:
 
 
 class FrameFolderDataset(Dataset):
-    """One item per frame folder. Labels come from ``labels.json`` in ``video_dir`` when present (else -1)."""
+    """One item per frame folder. Labels come from ``labels.json`` in ``video_dir`` when present (else -1), text
+    hints from ``texts.json`` (or ``text`` for every video), reference captions from ``captions.json``."""
 
     def __init__(self, video_dir: str, num_frames: int, image_size: int, mean, std,
-                 class_names: Optional[Sequence[str]] = None):
+                 class_names: Optional[Sequence[str]] = None, text: Optional[str] = None):
         self.folders = find_frame_folders(video_dir)
-        names = read_frame_labels(video_dir)
+        names = [os.path.basename(f) for f in self.folders]
+        labels = read_frame_labels(video_dir)
         index = {c: i for i, c in enumerate(class_names or [])}
-        self.labels = [index.get(names.get(os.path.basename(f), ""), -1) for f in self.folders]
+        self.labels = [index.get(labels.get(name, ""), -1) for name in names]
+        texts = read_frame_labels(video_dir, FRAME_TEXTS_FILE)
+        captions = read_frame_labels(video_dir, FRAME_CAPTIONS_FILE)
+        self.texts = [text if text is not None else texts.get(name) for name in names]  # None = no text
+        self.captions = [captions.get(name, "") for name in names]
         self.num_frames, self.image_size, self.mean, self.std = num_frames, image_size, mean, std
 
     def __len__(self) -> int:
@@ -192,7 +201,7 @@ class FrameFolderDataset(Dataset):
         video = read_frames(self.folders[i], sample_frame_indices(n, self.num_frames))
         return dict(pixel_values=preprocess_video(video, self.image_size, self.mean, self.std),
                     labels=torch.tensor(self.labels[i]), video_id=os.path.basename(self.folders[i]),
-                    caption="", hint="")
+                    caption=self.captions[i], hint=self.texts[i] or "")
 
 
 # ----------------------------------------------------------------------------------------------------------------

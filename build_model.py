@@ -27,7 +27,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from fusion import TemporalFusionEncoder, fusion_options
-from settings import Settings, UsageError, nearest
+from settings import Settings, UsageError, default_language_model, nearest
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 KINETICS_MEAN, KINETICS_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
@@ -77,7 +77,10 @@ class HFVideoEncoder(nn.Module):
 
 def _hf_from_pretrained(model_cls, config_cls, source: str, cfg: Settings) -> Optional[nn.Module]:
     """Load weights from a Hub id or folder; None (with a loud note) when they cannot be had."""
+    from language import hub_offline_mode, hub_reachable
     try:
+        if not os.path.isdir(source) and not hub_offline_mode() and not hub_reachable():
+            raise OSError("huggingface.co cannot be reached (with HF_HUB_OFFLINE=1 cached weights are used)")
         return model_cls.from_pretrained(source)
     except (OSError, ValueError) as exc:  # offline, unknown id, missing folder, wrong architecture
         loud_note(f"could not load pretrained weights from {source!r} ({str(exc).splitlines()[0][:160]}); "
@@ -177,7 +180,10 @@ def build_timm_backbone(cfg: Settings, arch: Optional[dict] = None) -> Backbone:
             overlay = dict(file=os.path.join(cfg.pretrained, files[0])) if files else None
         elif cfg.pretrained not in ("timm", name):
             overlay = dict(hf_hub_id=cfg.pretrained)
+        from language import hub_offline_mode, hub_reachable
         try:
+            if (overlay is None or "hf_hub_id" in overlay) and not hub_offline_mode() and not hub_reachable():
+                raise OSError("huggingface.co cannot be reached (with HF_HUB_OFFLINE=1 cached weights are used)")
             model = _timm_create(name, arch["kwargs"], pretrained=True, overlay=overlay)
             source, pretrained = cfg.pretrained, True
         except (OSError, RuntimeError, ValueError) as exc:
@@ -234,10 +240,12 @@ def lora_targets(cfg: Settings, backbone: Backbone) -> list[str]:
     return backbone.lora_targets
 
 
-def apply_lora(module: nn.Module, targets: list[str], r: int, alpha: float, dropout: float) -> nn.Module:
-    """Wrap ``module`` with peft LoRA; only adapter weights stay trainable."""
+def apply_lora(module: nn.Module, targets: list[str], r: int, alpha: float, dropout: float,
+               fan_in_fan_out: bool = False) -> nn.Module:
+    """Wrap ``module`` with peft LoRA; only adapter weights stay trainable. ``fan_in_fan_out`` for GPT-2's Conv1D."""
     from peft import LoraConfig, get_peft_model
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
+                        fan_in_fan_out=fan_in_fan_out)
     try:
         return get_peft_model(module, config)
     except ValueError as exc:
@@ -268,6 +276,8 @@ class ClassifierOutput(ModelOutput):
 
 class VideoClassifier(nn.Module):
     """pixel_values [B, T, C, H, W] -> logits [B, num_classes] (+ loss when labels are given)."""
+
+    batch_keys = {"pixel_values": "pixel_values", "labels": "labels"}  # forward argument -> batch field
 
     def __init__(self, backbone: Backbone, cfg: Settings, num_classes: int):
         super().__init__()
@@ -300,16 +310,136 @@ class VideoClassifier(nn.Module):
         return ClassifierOutput(loss=loss, logits=logits)
 
 
+class VideoTokenEncoder(nn.Module):
+    """The backbone as a token source for a language model: [B, T, C, H, W] -> [B, L, D_vision], L <= max_tokens.
+
+    A video backbone gives all its tokens, a per-frame backbone one token per frame; longer sequences are
+    average-pooled (in order) down to ``max_tokens``.
+    """
+
+    def __init__(self, backbone: nn.Module, max_tokens: int):
+        super().__init__()
+        self.backbone, self.max_tokens = backbone, max_tokens
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.dim() != 5:
+            raise ValueError(f"expected pixel_values [B, T, C, H, W], got shape {tuple(pixel_values.shape)}")
+        tokens = self.backbone(pixel_values)  # [B, L, D]
+        if tokens.shape[1] > self.max_tokens:
+            tokens = nn.functional.adaptive_avg_pool1d(tokens.transpose(1, 2), self.max_tokens).transpose(1, 2)
+        return tokens
+
+
+class VisionLanguageClassifier(nn.Module):
+    """Video tokens projected into a BERT-family encoder's embedding space, joined with text tokens.
+
+        [CLS] video_1 .. video_L [SEP] (text_1 .. text_n [SEP] pad ..)  -> encoder -> masked mean -> head
+
+    Video tokens come from ``VideoTokenEncoder``. Token type 0 marks the video segment, 1 the text. Text is
+    right-padded and masked, so padding never changes the result. Without ``use_text`` the video alone goes through
+    the encoder. The class is read from the masked mean of the encoder's output over the joint sequence, the
+    pooling sentence encoders such as MiniLM are trained with: every video token reaches the head through the
+    encoder's residual path, while attention mixes in the text. (Reading [CLS] alone left training at chance for
+    4 epochs: the pretrained encoder's [CLS] barely attends to the new video tokens at first.)
+    """
+
+    def __init__(self, backbone: Backbone, language, cfg: Settings, num_classes: int):
+        super().__init__()
+        self.video = VideoTokenEncoder(backbone.module, cfg.max_video_tokens)
+        self.lm = language.module
+        self.tokenizer = language.tokenizer
+        config = self.lm.config
+        width = config.hidden_size
+        self.project = nn.Sequential(nn.Linear(backbone.feature_dim, width), nn.GELU(), nn.Linear(width, width))
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Dropout(cfg.head_dropout), nn.Linear(width, num_classes))
+        self.use_text, self.max_text_tokens = cfg.use_text, cfg.max_text_tokens
+        self.max_video_tokens = cfg.max_video_tokens
+        self.use_token_types = getattr(config, "type_vocab_size", 0) >= 2
+        self.cls_id = self.tokenizer.cls_token_id if self.tokenizer.cls_token_id is not None else \
+            self.tokenizer.bos_token_id
+        self.sep_id = self.tokenizer.sep_token_id if self.tokenizer.sep_token_id is not None else \
+            self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        longest = 2 + self.max_video_tokens + (self.max_text_tokens + 1 if self.use_text else 0)
+        if longest > config.max_position_embeddings:
+            raise UsageError(f"{longest} tokens (video + text) exceed the language model's "
+                             f"{config.max_position_embeddings} positions; lower --max_video_tokens or "
+                             f"--max_text_tokens")
+        self.label_smoothing = cfg.label_smoothing
+        self.num_classes = num_classes
+        self.batch_keys = dict(VideoClassifier.batch_keys, **({"text": "hint"} if self.use_text else {}))
+        self._warned_truncation = False
+
+    def text_ids(self, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Texts -> (ids [B, n], mask [B, n]): each text's tokens then [SEP], right-padded; long texts truncated."""
+        pieces = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        if any(len(p) > self.max_text_tokens for p in pieces) and not self._warned_truncation:
+            longest = max(len(p) for p in pieces)
+            warnings.warn(f"text of {longest} tokens truncated to --max_text_tokens {self.max_text_tokens}",
+                          stacklevel=2)
+            self._warned_truncation = True
+        pieces = [p[: self.max_text_tokens] + [self.sep_id] for p in pieces]
+        width = max(len(p) for p in pieces)
+        ids = torch.full((len(pieces), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(pieces), width, dtype=torch.long)
+        for row, p in enumerate(pieces):
+            ids[row, : len(p)] = torch.tensor(p)
+            mask[row, : len(p)] = 1
+        return ids.to(device), mask.to(device)
+
+    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                text: Optional[list[str]] = None) -> ClassifierOutput:
+        video = self.project(self.video(pixel_values))  # [B, L, D_lm]
+        batch, device = video.shape[0], video.device
+        embed = self.lm.get_input_embeddings()
+        marker = lambda token_id: embed(torch.full((batch, 1), token_id, device=device))  # noqa: E731  [B, 1, D]
+        parts = [marker(self.cls_id), video.to(embed.weight.dtype), marker(self.sep_id)]
+        mask = [torch.ones(batch, video.shape[1] + 2, dtype=torch.long, device=device)]
+        if self.use_text:
+            if text is None or len(text) != batch:
+                raise ValueError(f"this model reads text (--use_text True): pass one text per video, got "
+                                 f"{None if text is None else len(text)} for {batch} videos")
+            ids, text_mask = self.text_ids(text, device)
+            parts.append(embed(ids))
+            mask.append(text_mask)
+        inputs = torch.cat(parts, dim=1)  # [B, 2 + L (+ n), D]
+        attention_mask = torch.cat(mask, dim=1)
+        kwargs = {}
+        if self.use_token_types:
+            kwargs["token_type_ids"] = torch.cat([torch.zeros_like(mask[0])] + mask[1:], dim=1)  # 0 video, 1 text
+        hidden = self.lm(inputs_embeds=inputs, attention_mask=attention_mask, **kwargs).last_hidden_state
+        keep = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, S, 1]
+        pooled = (hidden * keep).sum(1) / keep.sum(1)  # masked mean of the joint sequence: [B, D]
+        logits = self.head(pooled)  # [B, num_classes]
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        return ClassifierOutput(loss=loss, logits=logits)
+
+
 @dataclass
 class BuiltModel:
-    model: VideoClassifier
+    model: nn.Module  # VideoClassifier, VisionLanguageClassifier or captioning.VideoCaptioner
     backbone: Backbone
     info: dict  # recorded in checkpoints and eval outputs
+    language: Any = None  # language.LanguageModel with --use_vlm
+
+    def write_assets(self, folder: str) -> None:
+        """Files a checkpoint needs besides the weights: the language model's tokenizer."""
+        if self.language is not None:
+            from language import TOKENIZER_DIR
+            self.language.tokenizer.save_pretrained(os.path.join(folder, TOKENIZER_DIR))
 
 
-def build_model(cfg: Settings, num_classes: int, arch: Optional[dict] = None, verbose: bool = True) -> BuiltModel:
-    """Backbone (+ LoRA / freezing) + fusion + head. ``arch`` rebuilds a saved architecture (no Hub access)."""
-    if num_classes < 2:
+def build_model(cfg: Settings, num_classes: int, arch: Optional[dict] = None, verbose: bool = True,
+                language_arch: Optional[dict] = None, checkpoint_folder: Optional[str] = None,
+                caption_texts: Optional[list] = None) -> BuiltModel:
+    """Backbone (+ LoRA / freezing) + fusion + head, or + language model with ``--use_vlm``.
+
+    ``arch`` (and ``language_arch`` + ``checkpoint_folder`` for the language model and its tokenizer) rebuild a
+    saved architecture without the Hub. ``caption_texts`` train the offline GPT-2's tokenizer.
+    """
+    if num_classes < 2 and not cfg.captioning:
         raise ValueError(f"need at least 2 classes, got {num_classes}")
     backbone = build_backbone(cfg, arch)
     if not backbone.pretrained and arch is None and verbose:
@@ -326,14 +456,63 @@ def build_model(cfg: Settings, num_classes: int, arch: Optional[dict] = None, ve
         loud_note(f"{what} on a RANDOMLY INITIALISED backbone: the backbone has learned nothing, so only the "
                   f"adapters/head learn, from random features. Point --pretrained at trained weights (a Hub id, "
                   f"or a local folder such as a model this repo trained and exported).")
-    model = VideoClassifier(backbone, cfg, num_classes)
+    language = None
+    if cfg.use_vlm:
+        language = build_language_model(cfg, language_arch, checkpoint_folder, caption_texts, verbose)
+        model = build_vision_language_model(cfg, backbone, language, num_classes)
+    else:
+        model = VideoClassifier(backbone, cfg, num_classes)
     total, trainable = count_parameters(model)
     info = dict(vision_model=cfg.vision_model, model_size=cfg.model_size, backbone_kind=backbone.kind,
-                fusion=cfg.fusion if backbone.kind == "frame" else "none (video backbone)",
+                fusion=cfg.fusion if backbone.kind == "frame" and not cfg.use_vlm else "none",
                 pretrained=backbone.pretrained, weights_source=backbone.source, arch=copy.deepcopy(backbone.arch),
                 mean=list(backbone.mean), std=list(backbone.std), params_total=total, params_trainable=trainable,
                 lora_targets=lora_targets(cfg, backbone) if cfg.use_lora_vision else [])
+    if language is not None:
+        info.update(language_model=default_language_model(cfg), language_model_source=language.source,
+                    language_model_pretrained=language.pretrained, language_arch=copy.deepcopy(language.arch),
+                    task="captioning" if cfg.captioning else "classification")
     if verbose:
-        print(f"model: {cfg.vision_model} ({backbone.kind} backbone, {info['fusion']} fusion) | "
+        joined = f"{info['fusion']} fusion" if language is None else f"+ {info['language_model']} ({language.source})"
+        print(f"model: {cfg.vision_model} ({backbone.kind} backbone, {joined}) | "
               f"params total {total:,} | trainable {trainable:,} ({100.0 * trainable / max(total, 1):.2f}%)")
-    return BuiltModel(model, backbone, info)
+    return BuiltModel(model, backbone, info, language)
+
+
+def build_language_model(cfg: Settings, language_arch: Optional[dict], checkpoint_folder: Optional[str],
+                         caption_texts: Optional[list], verbose: bool):
+    """The language model (+ LoRA / freezing): loaded (Hub, folder, offline fallback) or rebuilt from a checkpoint."""
+    from language import load_causal_lm, load_text_encoder, rebuild_language_model
+    announce = loud_note if verbose else (lambda message: None)
+    name = default_language_model(cfg)
+    if language_arch is not None:
+        language = rebuild_language_model(language_arch, checkpoint_folder, cfg.captioning)
+    elif cfg.captioning:
+        language = load_causal_lm(name, caption_texts or [], cfg.language_model_size, announce)
+    else:
+        language = load_text_encoder(name, announce)
+    if cfg.use_lora_llm:
+        if not language.lora_targets:
+            raise UsageError(f"no default LoRA targets for the {language.arch.get('model_type')} language model; "
+                             f"--use_lora_llm supports BERT-family encoders and GPT-2")
+        language.module = apply_lora(language.module, language.lora_targets, cfg.lora_r, cfg.lora_alpha,
+                                     cfg.lora_dropout, fan_in_fan_out=language.causal)
+    elif cfg.freeze_language_model:
+        freeze(language.module)
+    if (cfg.use_lora_llm or cfg.freeze_language_model) and not language.pretrained and language_arch is None:
+        what = "--use_lora_llm" if cfg.use_lora_llm else "--freeze_language_model"
+        announce(f"{what} on a RANDOMLY INITIALISED language model: it has learned nothing, so only the adapters "
+                 f"and the projector learn. Online, --language_model gpt2 loads the pretrained GPT-2.")
+    return language
+
+
+def build_vision_language_model(cfg: Settings, backbone: Backbone, language, num_classes: int) -> nn.Module:
+    if not cfg.captioning:
+        return VisionLanguageClassifier(backbone, language, cfg, num_classes)
+    from captioning import VideoCaptioner
+    encoder = VideoTokenEncoder(backbone.module, cfg.max_video_tokens)
+    model = VideoCaptioner(encoder, backbone.feature_dim, language.module, language.tokenizer,
+                           max_caption_tokens=cfg.max_caption_tokens)
+    model.batch_keys = {"pixel_values": "pixel_values", "captions": "caption",
+                        **({"prompts": "hint"} if cfg.use_text else {})}
+    return model

@@ -4,6 +4,7 @@ A checkpoint is a folder::
 
     model.safetensors     every weight of the model (LoRA adapters included)
     run_config.json       the settings that built it, the architecture, class names, metrics, pretrained status
+    tokenizer/            vision + language models: the language model's tokenizer
     training_state.pt     optimizer / scheduler / epoch / step / RNG (only tensors and plain containers:
                           it loads with ``torch.load(weights_only=True)``)
 
@@ -16,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -43,22 +44,39 @@ def write_json_atomic(path: str, data: Any) -> None:
     os.replace(fh.name, path)
 
 
+def _unshared(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors; a tensor that shares memory with an earlier one (tied weights such as GPT-2's
+    lm_head / wte) is copied, because safetensors refuses shared storage."""
+    seen, tensors = set(), {}
+    for name, value in state_dict.items():
+        value = value.detach().to("cpu").contiguous()
+        key = (value.untyped_storage().data_ptr(), value.storage_offset())
+        tensors[name] = value.clone() if key in seen else value
+        seen.add(key)
+    return tensors
+
+
 def save_checkpoint(folder: str, state_dict: dict[str, torch.Tensor], run_config: dict,
-                    training_state: Optional[dict] = None) -> str:
-    """Write a checkpoint folder atomically (temp folder, fsync, rename over the old one)."""
+                    training_state: Optional[dict] = None, write_assets: Optional[Callable[[str], None]] = None) -> str:
+    """Write a checkpoint folder atomically (temp folder, fsync, rename over the old one).
+
+    ``write_assets(tmp_folder)`` adds files such as a tokenizer before the folder is swapped in.
+    """
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp", dir=parent)
     try:
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-        save_file(tensors, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
+        save_file(_unshared(state_dict), os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
         with open(os.path.join(tmp, CONFIG_FILE), "w") as fh:
             json.dump(run_config, fh, indent=2, default=str)
         if training_state is not None:
             torch.save(training_state, os.path.join(tmp, STATE_FILE))
-        for name in os.listdir(tmp):
-            with open(os.path.join(tmp, name), "rb") as fh:
-                os.fsync(fh.fileno())
+        if write_assets is not None:
+            write_assets(tmp)
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                with open(os.path.join(root, name), "rb") as fh:
+                    os.fsync(fh.fileno())
         old = None
         if os.path.exists(folder):
             old = f"{tmp}.old"

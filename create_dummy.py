@@ -1,6 +1,8 @@
 """Export synthetic test videos as image frames: ``./frames_see/<video_name>/frame_00000.png``.
 
-Also writes ``<out_dir>/labels.json`` ({video_name: class_name}) so ``inference.py`` can report accuracy.
+Also writes ``<out_dir>/labels.json`` ({video_name: class_name}) so ``inference.py`` can report accuracy,
+``texts.json`` ({video_name: hint}) for text-conditioned models, and ``captions.json`` ({video_name: caption})
+so captioning inference can report caption metrics.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from settings import Parser, UsageError, run_cli
-from VLoader import FRAME_LABELS_FILE, read_annotations
+from VLoader import FRAME_CAPTIONS_FILE, FRAME_LABELS_FILE, FRAME_TEXTS_FILE, read_annotations
 
 
 def video_to_frames(video: torch.Tensor, folder: str) -> int:
@@ -32,14 +34,16 @@ def export_split(data_root: str, split: str, out_dir: str, max_videos: int = 0, 
     records = read_annotations(data_root, split)
     if max_videos:
         records = records[:: max(1, len(records) // max_videos)][:max_videos]  # spread over all classes
-    labels = {}
+    labels, texts, captions = {}, {}, {}
     for rec in tqdm(records, desc=f"frames -> {out_dir}", disable=quiet or not sys.stderr.isatty(), leave=False):
         name = os.path.splitext(rec["path"])[0].replace("/", "_")  # class_3/video_12.pt -> class_3_video_12
         video = torch.load(os.path.join(data_root, split, rec["path"]), weights_only=True)
         video_to_frames(video, os.path.join(out_dir, name))
-        labels[name] = rec["class_name"]
-    with open(os.path.join(out_dir, FRAME_LABELS_FILE), "w") as fh:
-        json.dump(labels, fh, indent=1)
+        labels[name], texts[name], captions[name] = rec["class_name"], rec.get("hint", ""), rec.get("caption", "")
+    for filename, content in ((FRAME_LABELS_FILE, labels), (FRAME_TEXTS_FILE, texts),
+                              (FRAME_CAPTIONS_FILE, captions)):
+        with open(os.path.join(out_dir, filename), "w") as fh:
+            json.dump(content, fh, indent=1)
     return labels
 
 

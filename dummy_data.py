@@ -17,10 +17,19 @@ Layout written by :func:`write_dataset`::
 
 Each video is drawn from its own generator seeded by (seed, split, class, index): the same seed gives the same
 bytes, whatever order or subset is generated.
+
+Two tasks share the videos:
+
+* ``motion`` (default): the hint names the motion family, which the frames already show;
+* ``playback``: half the clips (a seeded coin per video) are stored played backwards, and the label stays the
+  motion that happened. A backwards clip of "move right" looks exactly like "move left" played forwards, so from
+  the frames alone the direction is a coin toss; the hint ("the clip is played backwards" / "... forwards") is
+  the only thing that says which way round the clip runs. Frames alone: about 50 % (right family, chance within
+  the pair); text alone: chance (it does not name the family); frames + text: everything. This is the benchmark
+  for text-conditioned classification (``--use_text``).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -37,6 +46,8 @@ CLASS_NAMES = ("move_right", "move_left", "move_down", "move_up", "rotate_clockw
 REVERSAL_PAIR = {0: 1, 1: 0, 2: 3, 3: 2, 4: 5, 5: 4, 6: 7, 7: 6}
 CAPTION_VERB = {0: "moves to the right", 1: "moves to the left", 2: "moves down", 3: "moves up",
                 4: "rotates clockwise", 5: "rotates counterclockwise", 6: "grows", 7: "shrinks"}
+PLAYBACK_HINT = {False: "the clip is played forwards", True: "the clip is played backwards"}
+TASKS = ("motion", "playback")
 HINT_BY_FAMILY = {0: "the shape slides sideways", 1: "the shape slides vertically", 2: "the shape turns in place",
                   3: "the shape changes size"}
 SHAPES = ("triangle", "ell", "key")
@@ -154,7 +165,8 @@ def make_video(label: int, num_frames: int = 8, size: int = 32, seed: Sequence[i
 
 
 def caption_for(spec: VideoSpec) -> str:
-    return f"a {spec.colour} {spec.shape} {CAPTION_VERB[spec.label]} on a {spec.background} background"
+    article = "an" if spec.colour[0] in "aeiou" else "a"
+    return f"{article} {spec.colour} {spec.shape} {CAPTION_VERB[spec.label]} on a {spec.background} background"
 
 
 def hint_for(spec: VideoSpec) -> str:
@@ -167,18 +179,27 @@ def _atomic_torch_save(tensor: torch.Tensor, path: str) -> None:
     os.replace(tmp, path)
 
 
+def played_backwards(seed: int, split: str, label: int, index: int) -> bool:
+    """The playback task's coin for one video (its own generator: the motion videos' bytes do not change)."""
+    return bool(np.random.default_rng((seed, SPLIT_IDS[split], label, index, 1)).random() < 0.5)
+
+
 def write_split(root: str, split: str, per_class: int, num_classes: int, num_frames: int, size: int, seed: int,
-                quiet: bool = False) -> list[dict]:
+                quiet: bool = False, task: str = "motion") -> list[dict]:
     """Write one split's videos and annotations.jsonl; returns the annotation records."""
     records = []
     jobs = [(label, i) for label in range(num_classes) for i in range(per_class)]
     for label, i in tqdm(jobs, desc=f"synthetic {split}", disable=quiet or not sys.stderr.isatty(), leave=False):
         video, spec = make_video(label, num_frames, size, seed=(seed, SPLIT_IDS[split], label, i))
+        caption, hint = caption_for(spec), hint_for(spec)
+        if task == "playback":
+            backwards = played_backwards(seed, split, label, i)
+            video = video.flip(0) if backwards else video  # [T, C, H, W] in reverse time order
+            caption, hint = f"{caption}, played {'backwards' if backwards else 'forwards'}", PLAYBACK_HINT[backwards]
         rel = f"class_{label}/video_{i}.pt"
         os.makedirs(os.path.join(root, split, f"class_{label}"), exist_ok=True)
         _atomic_torch_save(video, os.path.join(root, split, rel))
-        records.append(dict(path=rel, label=label, class_name=CLASS_NAMES[label], caption=caption_for(spec),
-                            hint=hint_for(spec)))
+        records.append(dict(path=rel, label=label, class_name=CLASS_NAMES[label], caption=caption, hint=hint))
     with open(os.path.join(root, split, "annotations.jsonl"), "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in records)
     return records
@@ -186,17 +207,20 @@ def write_split(root: str, split: str, per_class: int, num_classes: int, num_fra
 
 def write_dataset(root: str = "synthetic_dataset", num_classes: int = 8, train_per_class: int = 400,
                   test_per_class: int = 50, num_frames: int = 8, size: int = 32, seed: int = 0,
-                  quiet: bool = False) -> str:
+                  quiet: bool = False, task: str = "motion") -> str:
     """Write the whole dataset (train + test) under ``root``. classes.json is written last: it marks completion."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     if not 2 <= num_classes <= len(CLASS_NAMES):
         raise ValueError(f"num_classes must be in [2, {len(CLASS_NAMES)}], got {num_classes}")
     if train_per_class < 1 or test_per_class < 1:
         raise ValueError(f"need at least one video per class, got train {train_per_class}, test {test_per_class}")
     os.makedirs(root, exist_ok=True)
-    write_split(root, "train", train_per_class, num_classes, num_frames, size, seed, quiet)
-    write_split(root, "test", test_per_class, num_classes, num_frames, size, seed, quiet)
-    meta = dict(class_names=list(CLASS_NAMES[:num_classes]), reversal_pairs=REVERSAL_PAIR, num_frames=num_frames,
-                size=size, seed=seed, train_per_class=train_per_class, test_per_class=test_per_class)
+    write_split(root, "train", train_per_class, num_classes, num_frames, size, seed, quiet, task)
+    write_split(root, "test", test_per_class, num_classes, num_frames, size, seed, quiet, task)
+    meta = dict(class_names=list(CLASS_NAMES[:num_classes]), reversal_pairs=REVERSAL_PAIR, task=task,
+                num_frames=num_frames, size=size, seed=seed, train_per_class=train_per_class,
+                test_per_class=test_per_class)
     with open(os.path.join(root, "classes.json.tmp"), "w") as fh:
         json.dump(meta, fh, indent=2)
     os.replace(os.path.join(root, "classes.json.tmp"), os.path.join(root, "classes.json"))
@@ -217,11 +241,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--num_frames", type=int, default=8)
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", default="motion", help=f"{' | '.join(TASKS)} (default: motion; see the module doc)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     try:
         write_dataset(args.root, args.num_classes, args.train_per_class, args.test_per_class, args.num_frames,
-                      args.image_size, args.seed, args.quiet)
+                      args.image_size, args.seed, args.quiet, args.task)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     print(f"wrote synthetic dataset to {os.path.abspath(args.root)}")

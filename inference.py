@@ -10,12 +10,11 @@ import os
 import sys
 from typing import Optional, Sequence
 
-import torch
-
 from build_model import build_model
 from checkpointing import find_runs, load_weights, read_run_config, write_json_atomic
 from settings import DATA, FIELDS, MODEL, RUNTIME, Settings, UsageError, resolve, run_cli, settings_from_dict
-from train_code import classification_report, evaluate, make_accelerator, progress_enabled
+from train_code import (caption_report, classification_report, evaluate, generate_captions, make_accelerator,
+                        progress_enabled)
 from VLoader import FrameFolderDataset, make_loader
 
 
@@ -63,17 +62,27 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     cfg = merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli, explicit, folder)
     class_names = run_config["class_names"]
     accelerator = make_accelerator(cfg)
-    built = build_model(cfg, len(class_names), arch=run_config["model_info"]["arch"], verbose=False)
+    info = run_config["model_info"]
+    built = build_model(cfg, len(class_names), arch=info["arch"], verbose=False,
+                        language_arch=info.get("language_arch"), checkpoint_folder=folder)
     built.model.load_state_dict(load_weights(folder))
     model = built.model.to(accelerator.device)
     try:
         dataset = FrameFolderDataset(cfg.video_dir, cfg.num_frames, cfg.image_size, built.backbone.mean,
-                                     built.backbone.std, class_names)
+                                     built.backbone.std, class_names, text=cfg.text_input)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    print(f"checkpoint: {folder} ({cfg.vision_model}, {len(class_names)} classes, "
-          f"pretrained backbone: {run_config['model_info']['pretrained']}) | {len(dataset)} video(s)")
+    if cfg.use_text and any(t is None for t in dataset.texts):
+        missing = sum(t is None for t in dataset.texts)
+        raise UsageError(f"this model reads text (trained with --use_text True) and {missing} video(s) have none: "
+                         f"pass --text_input \"...\" or put texts.json ({{video_name: text}}) beside the frames")
+    what = "captioner" if cfg.captioning else f"{len(class_names)} classes"
+    language = f", language model: {info['language_model']}" if info.get("language_model") else ""
+    print(f"checkpoint: {folder} ({cfg.vision_model}, {what}{language}, pretrained backbone: "
+          f"{info['pretrained']}) | {len(dataset)} video(s)")
     loader = make_loader(dataset, cfg.batch_size, False, cfg.num_workers, cfg.seed)
+    if cfg.captioning:
+        return caption_videos(cfg, model, loader, accelerator, folder, info)
     result = evaluate(model, loader, accelerator, "inference", progress_enabled(cfg))
     probs = result["logits"].softmax(-1)
     k = min(cfg.top_k, len(class_names))
@@ -97,6 +106,29 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
               f"top5 {100 * result['top5']:.1f}%")
     write_json_atomic(cfg.predictions_file, output)
     print(f"predictions written to {os.path.abspath(cfg.predictions_file)}")
+    return output
+
+
+def caption_videos(cfg: Settings, model, loader, accelerator, folder: str, info: dict) -> dict:
+    """Print and save one caption per video; caption metrics when captions.json gives references."""
+    generated = generate_captions(model, loader, accelerator, cfg, "captions", progress_enabled(cfg))
+    predictions = []
+    for video, caption, reference in zip(generated["video_ids"], generated["captions"], generated["references"]):
+        predictions.append(dict(video=video, caption=caption, **({"reference": reference} if reference else {})))
+        print(f"{video}: {caption}")
+    output = dict(checkpoint=folder, video_dir=cfg.video_dir, pretrained=info["pretrained"],
+                  language_model=info.get("language_model"),
+                  language_model_pretrained=info.get("language_model_pretrained"),
+                  generation=dict(num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
+                                  no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+                                  repetition_penalty=cfg.repetition_penalty, text_input=cfg.text_input),
+                  predictions=predictions)
+    if any(generated["references"]):
+        output.update(caption_report(generated))
+        metrics = output.get("metrics") or {}
+        print("caption metrics: " + " | ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
+    write_json_atomic(cfg.predictions_file, output)
+    print(f"captions written to {os.path.abspath(cfg.predictions_file)}")
     return output
 
 

@@ -81,16 +81,31 @@ class Settings:
     lora_dropout: float = _opt(0.05, "LoRA dropout", minimum=0.0, maximum=1.0, group=MODEL)
     lora_target_modules: str = _opt("auto", "comma-separated module names for LoRA; 'auto' = per-backbone default",
                                     group=MODEL)
-    use_vlm: bool = _opt(False, "vision + language model (vision+language issue)", group=MODEL)
-    language_model: Optional[str] = _opt(None, "language model for --use_vlm: bert, gpt2, a Hub id or a folder",
-                                         group=MODEL)
-    use_text: bool = _opt(False, "feed text (the dataset's hints or --text_input) to the model", group=MODEL)
-    captioning: bool = _opt(False, "train/run a captioner instead of a classifier", group=MODEL)
-    use_lora_llm: bool = _opt(False, "LoRA on the language model", group=MODEL)
+    use_vlm: bool = _opt(False, "vision + language model: video tokens go through --language_model", group=MODEL)
+    language_model: Optional[str] = _opt(None, "for --use_vlm: bert (classification), gpt2 (captioning), a Hub id "
+                                         "or a local folder; default: bert, or gpt2 with --captioning", group=MODEL)
+    use_text: bool = _opt(False, "feed text to the model: the dataset's hints (training, evaluation) or "
+                          "--text_input (inference)", group=MODEL)
+    captioning: bool = _opt(False, "train/run a captioner (causal language model) instead of a classifier",
+                            group=MODEL)
+    use_lora_llm: bool = _opt(False, "LoRA on the language model (its own weights stay frozen)", group=MODEL)
+    freeze_language_model: bool = _opt(False, "keep the language model's weights fixed (train projector + head)",
+                                       group=MODEL)
+    language_model_size: str = _opt("tiny", "preset for the random-init GPT-2 used offline",
+                                    choices=("tiny", "small"), group=MODEL)
+    max_text_tokens: int = _opt(32, "text tokens kept per input; longer text is truncated with a warning",
+                                minimum=1, maximum=512, group=MODEL)
+    max_video_tokens: int = _opt(16, "video tokens given to the language model (average-pooled down to this)",
+                                 minimum=1, maximum=4096, group=MODEL)
+    max_caption_tokens: int = _opt(32, "caption tokens learned per video (longer captions are truncated)",
+                                   minimum=1, maximum=512, group=MODEL)
     # --- data --------------------------------------------------------------------------------------------------
     dataset: str = _opt("synthetic", "training data: the synthetic .pt dataset", choices=("synthetic",), group=DATA)
     data_root: str = _opt("synthetic_dataset", "dataset folder; the synthetic one is generated if missing",
                           group=DATA)
+    synthetic_task: str = _opt("motion", "synthetic data: motion (hints name the motion family) or playback (half "
+                               "the clips run backwards and only the hint says so)", choices=("motion", "playback"),
+                               group=DATA)
     num_frames: int = _opt(8, "frames sampled per clip", minimum=1, maximum=1024, group=DATA)
     image_size: int = _opt(32, "frame side in pixels after resize + centre crop", minimum=8, maximum=1024,
                            group=DATA)
@@ -123,16 +138,21 @@ class Settings:
     top_k: int = _opt(5, "classes printed per video", minimum=1, group=RUNTIME)
     predictions_file: str = _opt("predictions.json", "where inference writes its predictions (JSON)",
                                  group=RUNTIME)
-    text_input: Optional[str] = _opt(None, "text given to a text-conditioned model at inference", group=RUNTIME)
+    text_input: Optional[str] = _opt(None, "text for a --use_text model at inference (every video gets it); "
+                                     "default: the texts.json hints beside the frames", group=RUNTIME)
+    num_beams: int = _opt(1, "captioning: beam width (1 = greedy)", minimum=1, maximum=32, group=RUNTIME)
+    max_new_tokens: int = _opt(32, "captioning: longest caption generated, in tokens", minimum=1, maximum=512,
+                               group=RUNTIME)
+    no_repeat_ngram_size: int = _opt(0, "captioning: forbid repeating any n-gram of this size (0 = off)",
+                                     minimum=0, group=RUNTIME)
+    repetition_penalty: float = _opt(1.0, "captioning: >1 discourages repeated tokens (1 = off)", minimum=1.0,
+                                     group=RUNTIME)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-# Flags that later issues implement; they parse today so the seed commands give a clear answer.
-NOT_YET = {"use_vlm": "vision+language models", "use_text": "text input", "captioning": "captioning",
-           "use_lora_llm": "LoRA on a language model"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -284,19 +304,48 @@ def validate(cfg: Settings) -> Settings:
             raise UsageError(f"--{name} must be <= {hi}, got {value}")
     from build_model import check_vision_model  # registry check lists the valid names
     check_vision_model(cfg.vision_model)
-    for name, what in NOT_YET.items():
-        if getattr(cfg, name):
-            raise UsageError(f"--{name} True: {what} are not available yet in this version; "
-                             f"drop --{name} (or set it False) to train a vision-only classifier")
-    if cfg.language_model is not None:
-        raise UsageError("--language_model needs --use_vlm True, and vision+language models are not available yet; "
-                         "drop --language_model")
+    check_language_flags(cfg)
+    if cfg.use_vlm and cfg.language_model is None:  # record the name actually used (checkpoints match on it)
+        cfg.language_model = default_language_model(cfg)
     if cfg.use_lora_vision and cfg.freeze_visionbackbone:
         raise UsageError("--use_lora_vision True and --freeze_visionbackbone True contradict each other "
                          "(LoRA trains adapters inside the backbone); choose one")
     if cfg.image_size % 2:
         raise UsageError(f"--image_size must be even, got {cfg.image_size}")
     return cfg
+
+
+def default_language_model(cfg: Settings) -> Optional[str]:
+    if not cfg.use_vlm:
+        return None
+    return cfg.language_model or ("gpt2" if cfg.captioning else "bert")
+
+
+def check_language_flags(cfg: Settings) -> None:
+    """Combinations of the vision + language flags that cannot work, each with its fix."""
+    needs_vlm = [name for name in ("captioning", "use_text", "use_lora_llm", "freeze_language_model")
+                 if getattr(cfg, name)]
+    if not cfg.use_vlm:
+        if needs_vlm or cfg.language_model:
+            name = needs_vlm[0] if needs_vlm else "language_model"
+            raise UsageError(f"--{name} needs a language model: add --use_vlm True (with --language_model bert for "
+                             f"classification or gpt2 for captioning)")
+        return
+    from language import is_causal
+    name = default_language_model(cfg)
+    causal = is_causal(name)
+    if cfg.captioning and causal is False:
+        raise UsageError(f"--captioning True needs a causal (GPT-2 style) language model, got --language_model "
+                         f"{name} (an encoder); use --language_model gpt2")
+    if not cfg.captioning and causal is True:
+        raise UsageError(f"--language_model {name} is a causal model: add --captioning True to caption with it, or "
+                         f"use --language_model bert to classify")
+    if cfg.use_lora_llm and cfg.freeze_language_model:
+        raise UsageError("--use_lora_llm True and --freeze_language_model True contradict each other (LoRA trains "
+                         "adapters inside the language model); choose one")
+    if cfg.text_input and not cfg.use_text:
+        raise UsageError("--text_input is only read by a model trained with --use_text True; add --use_text True "
+                         "(and a checkpoint trained with it) or drop --text_input")
 
 
 def resolve(argv: Optional[Sequence[str]], prog: str, description: str,

@@ -78,16 +78,43 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
 
 
+DEFAULT_BATCH_KEYS = {"pixel_values": "pixel_values", "labels": "labels"}
+
+
+def batch_keys(model) -> dict:
+    """forward argument -> batch field, declared by the model (``batch_keys``); unwraps DDP-style wrappers."""
+    inner = getattr(model, "module", model)
+    return getattr(inner, "batch_keys", getattr(model, "batch_keys", DEFAULT_BATCH_KEYS))
+
+
+def is_classifier(model) -> bool:
+    return "labels" in batch_keys(model)
+
+
+def model_inputs(model, batch: dict, device=None) -> dict:
+    """The keyword arguments ``model`` takes, from a collated batch (tensors moved to ``device`` if given)."""
+    inputs = {}
+    for arg, key in batch_keys(model).items():
+        value = batch[key]
+        inputs[arg] = value.to(device) if device is not None and isinstance(value, torch.Tensor) else value
+    return inputs
+
+
 @torch.no_grad()
 def evaluate(model, loader, accelerator: Accelerator, desc: str = "eval", show_progress: bool = False) -> dict:
-    """Loss, top-1, top-5 and per-sample predictions over a loader (labels < 0 are skipped in metrics)."""
+    """Loss, top-1, top-5 and per-sample predictions over a loader (labels < 0 are skipped in metrics).
+    A model without labels (a captioner) gets its mean loss only."""
     model.eval()
+    if not is_classifier(model):
+        return _evaluate_loss(model, loader, accelerator, desc, show_progress)
     losses, logits_all, labels_all = [], [], []
     for batch in tqdm(loader, desc=desc, disable=not show_progress, leave=False):
-        pixel_values = batch["pixel_values"].to(accelerator.device)
-        labels = batch["labels"].to(accelerator.device)
+        inputs = model_inputs(model, batch, accelerator.device)
+        labels = inputs["labels"]
+        if not (labels >= 0).all():
+            inputs["labels"] = None
         with accelerator.autocast():
-            out = model(pixel_values=pixel_values, labels=labels if (labels >= 0).all() else None)
+            out = model(**inputs)
         if out.loss is not None:
             losses.append(out.loss.float().item() * len(labels))
         logits_all.append(out.logits.float().cpu())
@@ -102,10 +129,52 @@ def evaluate(model, loader, accelerator: Accelerator, desc: str = "eval", show_p
     return result
 
 
+@torch.no_grad()
+def _evaluate_loss(model, loader, accelerator: Accelerator, desc: str, show_progress: bool) -> dict:
+    total, count = 0.0, 0
+    for batch in tqdm(loader, desc=desc, disable=not show_progress, leave=False):
+        with accelerator.autocast():
+            out = model(**model_inputs(model, batch, accelerator.device))
+        n = len(batch["pixel_values"])
+        total, count = total + out.loss.float().item() * n, count + n
+    return dict(num_samples=count, loss=total / max(count, 1))
+
+
+@torch.no_grad()
+def generate_captions(model, loader, accelerator: Accelerator, cfg: Settings, desc: str = "captions",
+                      show_progress: bool = False) -> dict:
+    """Captions for every video of a loader: {video_ids, captions, references (the dataset's, '' if none)}."""
+    model.eval()
+    inner = accelerator.unwrap_model(model)
+    keys = batch_keys(inner)
+    video_ids, captions, references = [], [], []
+    for batch in tqdm(loader, desc=desc, disable=not show_progress, leave=False):
+        prompts = batch[keys["prompts"]] if "prompts" in keys else None
+        with accelerator.autocast():
+            captions += inner.generate(batch["pixel_values"].to(accelerator.device), prompts=prompts,
+                                       num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
+                                       no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+                                       repetition_penalty=cfg.repetition_penalty)
+        video_ids += list(batch["video_id"])
+        references += list(batch["caption"])
+    return dict(video_ids=video_ids, captions=captions, references=references)
+
+
+def caption_report(generated: dict) -> dict:
+    """pycocoevalcap metrics of generated captions against the references (videos without one are skipped)."""
+    from caption_metrics import caption_scores
+    pairs = [(v, c, r) for v, c, r in zip(generated["video_ids"], generated["captions"], generated["references"]) if r]
+    if not pairs:
+        return dict(metrics=None, notes=["no reference captions: metrics not computed"])
+    scores = caption_scores({v: [r] for v, _, r in pairs}, {v: c for v, c, _ in pairs})
+    empty = sum(1 for c in generated["captions"] if not c.strip())
+    return dict(metrics=scores, num_scored=len(pairs), empty_captions=empty)
+
+
 def train_step(model, batch: dict, optimizer, scheduler, accelerator: Accelerator, max_grad_norm: float):
     """One micro-batch: forward, backward, and (when accumulation is complete) clip + optimizer + scheduler step."""
     with accelerator.accumulate(model):
-        out = model(pixel_values=batch["pixel_values"], labels=batch["labels"])
+        out = model(**model_inputs(model, batch))
         accelerator.backward(out.loss)
         if accelerator.sync_gradients and max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -144,7 +213,7 @@ def train(cfg: Settings, built, data, run_dir: str, run_config: dict,
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
-    start_epoch, global_step, best_top1, history = 0, 0, -1.0, []
+    start_epoch, global_step, best_top1, history = 0, 0, -math.inf, []
     if cfg.resume_from_checkpoint:
         start_epoch, global_step, best_top1, history = _resume(cfg, run_dir, model, optimizer, scheduler,
                                                                train_loader)
@@ -159,12 +228,14 @@ def train(cfg: Settings, built, data, run_dir: str, run_config: dict,
         model.train()
         train_loader.set_epoch(epoch)
         t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
+        classifier = is_classifier(model)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
         for batch in bar:
             out = train_step(model, batch, optimizer, scheduler, accelerator, cfg.max_grad_norm)
-            n = len(batch["labels"])
+            n = len(batch["pixel_values"])
             loss_sum += out.loss.item() * n
-            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+            if classifier:
+                correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
             seen += n
             if accelerator.sync_gradients:
                 global_step += 1
@@ -172,13 +243,18 @@ def train(cfg: Settings, built, data, run_dir: str, run_config: dict,
                 if cfg.max_steps and global_step >= cfg.max_steps:
                     break
         record = dict(epoch=epoch + 1, step=global_step, train_loss=loss_sum / max(seen, 1),
-                      train_top1=correct / max(seen, 1), lr=scheduler.get_last_lr()[0],
-                      epoch_seconds=round(time.time() - t0, 2))
+                      lr=scheduler.get_last_lr()[0], epoch_seconds=round(time.time() - t0, 2))
+        if classifier:
+            record["train_top1"] = correct / max(seen, 1)
         if val_loader is not None:
             val = evaluate(model, val_loader, accelerator, "val", show)
-            record.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
+            record["val_loss"] = val["loss"]
+            if classifier:
+                record.update(val_top1=val["top1"], val_top5=val["top5"])
         history.append(record)
-        score = record.get("val_top1", record["train_top1"])
+        # checkpoint score: validation top-1 for classifiers, minus the (validation) loss for captioners
+        score = record.get("val_top1", record.get("train_top1")) if classifier else \
+            -record.get("val_loss", record["train_loss"])
         if accelerator.is_main_process:
             _log_jsonl(metrics_log, record)
             print(_epoch_line(record, cfg.epochs), flush=True)
@@ -187,18 +263,22 @@ def train(cfg: Settings, built, data, run_dir: str, run_config: dict,
             training_state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                   epoch=epoch + 1, step=global_step, best_top1=max(best_top1, score),
                                   rng=rng_state())
-            save_checkpoint(last_dir, state_dict, meta, training_state)
+            save_checkpoint(last_dir, state_dict, meta, training_state, built.write_assets)
             if score > best_top1:
                 best_top1 = score
-                save_checkpoint(best_dir, state_dict, meta)
+                save_checkpoint(best_dir, state_dict, meta, write_assets=built.write_assets)
     accelerator.wait_for_everyone()
     return TrainResult(run_dir, best_dir, last_dir, history)
 
 
 def _epoch_line(r: dict, epochs: int) -> str:
-    line = (f"epoch {r['epoch']:>3}/{epochs} | train loss {r['train_loss']:.4f} top1 {100 * r['train_top1']:5.1f}%")
+    line = f"epoch {r['epoch']:>3}/{epochs} | train loss {r['train_loss']:.4f}"
+    if "train_top1" in r:
+        line += f" top1 {100 * r['train_top1']:5.1f}%"
+    if "val_loss" in r:
+        line += f" | val loss {r['val_loss']:.4f}"
     if "val_top1" in r:
-        line += f" | val loss {r['val_loss']:.4f} top1 {100 * r['val_top1']:5.1f}% top5 {100 * r['val_top5']:5.1f}%"
+        line += f" top1 {100 * r['val_top1']:5.1f}% top5 {100 * r['val_top5']:5.1f}%"
     return line + f" | lr {r['lr']:.2e} | {r['epoch_seconds']:.1f}s"
 
 
@@ -210,7 +290,7 @@ def _resume(cfg: Settings, run_dir: str, model, optimizer, scheduler, train_load
     run_config = read_run_config(path)
     saved = run_config["settings"]
     for key in ("vision_model", "model_size", "fusion", "num_frames", "image_size", "use_lora_vision",
-                "freeze_visionbackbone"):
+                "freeze_visionbackbone", "use_vlm", "language_model", "captioning", "use_text", "use_lora_llm"):
         if saved.get(key) != getattr(cfg, key):
             raise UsageError(f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, "
                              f"this run has {key}={getattr(cfg, key)!r}; use the same settings or a new run")

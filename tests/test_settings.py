@@ -61,9 +61,13 @@ def test_bare_flag_means_true_and_false_means_off(in_tmp):
     (["--mixed_precision", "fp8"], "choose one of"),
     (["--fusion", "lstm"], "choose one of"),
     (["--use_lora_vision", "True", "--freeze_visionbackbone", "True"], "contradict"),
-    (["--use_vlm", "True"], "not available yet"),
-    (["--captioning", "True"], "not available yet"),
-    (["--language_model", "bert"], "needs --use_vlm"),
+    (["--captioning", "True"], "needs a language model: add --use_vlm True"),
+    (["--language_model", "bert"], "add --use_vlm True"),
+    (["--use_text", "True"], "add --use_vlm True"),
+    (["--use_vlm", "True", "--language_model", "bert", "--captioning", "True"], "needs a causal"),
+    (["--use_vlm", "True", "--language_model", "gpt2"], "add --captioning True"),
+    (["--use_vlm", "True", "--use_lora_llm", "True", "--freeze_language_model", "True"], "contradict"),
+    (["--use_vlm", "True", "--text_input", "hi"], "add --use_text True"),
     (["--config", "missing.yaml"], "not found"),
 ])
 def test_bad_input_raises_usage_error(in_tmp, argv, needle):

