@@ -46,7 +46,7 @@ def _fusion_choices() -> list[str]:
 
 
 # Groups say what a setting is for. Inference rebuilds the model from the checkpoint's "model" and "data" settings;
-# the user may only override "runtime" ones there (see settings_for_inference).
+# the user may only override "runtime" ones there (see inference.merge_with_checkpoint).
 MODEL, DATA, TRAIN, RUNTIME = "model", "data", "train", "runtime"
 
 
@@ -133,8 +133,8 @@ class Settings:
     quiet: bool = _opt(False, "no progress bars", group=RUNTIME)
     # --- inference ---------------------------------------------------------------------------------------------
     video_dir: Optional[str] = _opt(None, "inference input: one frame folder or a folder of them", group=RUNTIME)
-    checkpoint: Optional[str] = _opt(None, "checkpoint folder for inference; default: newest run matching the flags",
-                                     group=RUNTIME)
+    checkpoint: Optional[str] = _opt(None, "checkpoint folder for inference (default: newest run matching the flags) "
+                                     "and for --eval_only", group=RUNTIME)
     top_k: int = _opt(5, "classes printed per video", minimum=1, group=RUNTIME)
     predictions_file: str = _opt("predictions.json", "where inference writes its predictions (JSON)",
                                  group=RUNTIME)
@@ -147,6 +147,16 @@ class Settings:
                                      minimum=0, group=RUNTIME)
     repetition_penalty: float = _opt(1.0, "captioning: >1 discourages repeated tokens (1 = off)", minimum=1.0,
                                      group=RUNTIME)
+    # --- evaluation and reports --------------------------------------------------------------------------------
+    eval_only: bool = _opt(False, "main.py: evaluate --checkpoint on the test split without training (writes "
+                           "eval.json, a summary row and plots beside the checkpoint)", group=RUNTIME)
+    summary_csv: Optional[str] = _opt("results/summary.csv", "results table: one row appended per evaluated run; "
+                                      "none = no table", group=RUNTIME)
+    report_to: str = _opt("none", "also log metrics to a tracker through accelerate: tensorboard (pip install "
+                          "tensorboard) or wandb (pip install wandb); metrics.jsonl is always written",
+                          choices=("none", "tensorboard", "wandb"), group=RUNTIME)
+    speed_repeats: int = _opt(5, "timed runs (after 2 warm-up runs) for the latency and throughput in eval.json; "
+                              "0 = do not time", minimum=0, group=RUNTIME)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,7 +19,8 @@ from typing import Optional
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import (DataLoaderConfiguration, ProjectConfiguration, is_tensorboard_available,
+                               is_wandb_available, set_seed)
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -31,8 +32,20 @@ def progress_enabled(cfg: Settings) -> bool:
     return not cfg.quiet and sys.stderr.isatty()
 
 
-def make_accelerator(cfg: Settings) -> Accelerator:
-    """Accelerator for the requested device and precision; fp16 needs a GPU (CPU autocast is bf16 only)."""
+TRACKER_INSTALLED = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+
+
+def check_tracker_installed(report_to: str) -> None:
+    """--report_to names an optional package: say how to install it instead of failing inside accelerate."""
+    if report_to != "none" and not TRACKER_INSTALLED[report_to]():
+        raise UsageError(f"--report_to {report_to} needs the {report_to} package, which is not installed: "
+                         f"pip install {report_to} (or use --report_to none; metrics.jsonl is always written)")
+
+
+def make_accelerator(cfg: Settings, log_with: Optional[str] = None, logging_dir: Optional[str] = None
+                     ) -> Accelerator:
+    """Accelerator for the requested device and precision; fp16 needs a GPU (CPU autocast is bf16 only).
+    ``log_with`` (an accelerate tracker name) writes under ``logging_dir``."""
     use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but no CUDA GPU is visible; use --device cpu (or auto)")
@@ -45,9 +58,11 @@ def make_accelerator(cfg: Settings) -> Accelerator:
     from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=False)
     # seedable sampler: the shuffle order is a function of (seed, epoch), so a resumed run sees the same order
+    project = ProjectConfiguration(project_dir=logging_dir, logging_dir=logging_dir) if logging_dir else None
     return Accelerator(cpu=use_cpu, mixed_precision=cfg.mixed_precision,
                        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+                       log_with=log_with, project_config=project)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -145,19 +160,37 @@ def generate_captions(model, loader, accelerator: Accelerator, cfg: Settings, de
                       show_progress: bool = False) -> dict:
     """Captions for every video of a loader: {video_ids, captions, references (the dataset's, '' if none)}."""
     model.eval()
-    inner = accelerator.unwrap_model(model)
-    keys = batch_keys(inner)
     video_ids, captions, references = [], [], []
     for batch in tqdm(loader, desc=desc, disable=not show_progress, leave=False):
-        prompts = batch[keys["prompts"]] if "prompts" in keys else None
-        with accelerator.autocast():
-            captions += inner.generate(batch["pixel_values"].to(accelerator.device), prompts=prompts,
-                                       num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
-                                       no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-                                       repetition_penalty=cfg.repetition_penalty)
+        captions += caption_batch(model, batch, accelerator, cfg)
         video_ids += list(batch["video_id"])
         references += list(batch["caption"])
     return dict(video_ids=video_ids, captions=captions, references=references)
+
+
+@torch.no_grad()
+def caption_batch(model, batch: dict, accelerator: Accelerator, cfg: Settings) -> list[str]:
+    """One caption per video of a collated batch, decoded with the run's generation settings."""
+    inner = accelerator.unwrap_model(model)
+    keys = batch_keys(inner)
+    prompts = batch[keys["prompts"]] if "prompts" in keys else None
+    with accelerator.autocast():
+        return inner.generate(batch["pixel_values"].to(accelerator.device), prompts=prompts,
+                              num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
+                              no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+                              repetition_penalty=cfg.repetition_penalty)
+
+
+@torch.no_grad()
+def predict_batch(model, batch: dict, accelerator: Accelerator, cfg: Settings):
+    """What the model is used for at inference, on one collated batch: class logits [B, num_classes] for a
+    classifier (labels not passed), captions for a captioner. Timed for the latency / throughput report."""
+    if not is_classifier(model):
+        return caption_batch(model, batch, accelerator, cfg)
+    inputs = model_inputs(model, batch, accelerator.device)
+    inputs["labels"] = None
+    with accelerator.autocast():
+        return model(**inputs).logits
 
 
 def caption_report(generated: dict) -> dict:
@@ -255,6 +288,8 @@ def train(cfg: Settings, built, data, run_dir: str, run_config: dict,
         # checkpoint score: validation top-1 for classifiers, minus the (validation) loss for captioners
         score = record.get("val_top1", record.get("train_top1")) if classifier else \
             -record.get("val_loss", record["train_loss"])
+        # the --report_to trackers (a no-op without one); the step is their x axis
+        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=global_step)
         if accelerator.is_main_process:
             _log_jsonl(metrics_log, record)
             print(_epoch_line(record, cfg.epochs), flush=True)
