@@ -48,7 +48,7 @@ def merge_with_checkpoint(saved: Settings, cli: Settings, explicit: set[str], fo
         elif group == RUNTIME:
             merged[key] = value
         else:
-            print(f"note: --{key} is a training flag and has no effect in inference", file=sys.stderr)
+            print(f"note: --{key} is a training flag and has no effect on a trained checkpoint", file=sys.stderr)
     return settings_from_dict(merged)
 
 

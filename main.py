@@ -1,8 +1,11 @@
 """Train a video model: ``python main.py [flags]`` (see ``--help``; defaults in config_file.yaml).
 
-With no flags: generate the synthetic dataset if it is missing, train the default model (a tiny TimeSformer),
-evaluate on the test split, save checkpoints under ``checkpoints/<run_name>/{best,last}``, write
-``eval.json``, and print where everything went.
+With no flags: generate the synthetic dataset if it is missing, train the default model (a tiny VideoMAE),
+evaluate on the test split, save checkpoints under ``checkpoints/<run_name>/{best,last}``, write ``eval.json``
+and PNG plots there, append a row to ``results/summary.csv``, and print where everything went.
+
+``python main.py --eval_only True --checkpoint checkpoints/<run>/best`` evaluates a saved checkpoint on the test
+split without training and writes the same report beside the checkpoint (in ``checkpoints/<run>/``).
 """
 from __future__ import annotations
 
@@ -15,11 +18,20 @@ import yaml
 
 import dummy_data
 from build_model import build_model
-from checkpointing import load_weights, write_json_atomic
-from settings import Settings, UsageError, resolve, run_cli
-from train_code import (caption_report, classification_report, evaluate, generate_captions, make_accelerator,
-                        progress_enabled, train)
-from VLoader import build_datasets, make_loader, read_annotations, read_class_names, read_dataset_meta
+from checkpointing import load_weights, read_run_config, write_json_atomic
+from inference import merge_with_checkpoint
+from language import hub_offline_mode
+from reporting import (SINGLE_VIEW, append_summary_row, environment_info, measure_speed, peak_memory,
+                       reset_peak_memory, summary_row, timestamp)
+from settings import Settings, UsageError, resolve, run_cli, settings_from_dict
+from train_code import (caption_report, check_tracker_installed, classification_report, evaluate,
+                        generate_captions, make_accelerator, predict_batch, progress_enabled, train)
+from visualize_results import write_plots
+from VLoader import (SyntheticVideoDataset, build_datasets, make_loader, read_annotations, read_class_names,
+                     read_dataset_meta)
+
+# accelerate's project name: for TensorBoard the sub-folder of the run folder, for W&B the project
+TRACKER_PROJECT = {"tensorboard": "tensorboard", "wandb": "video-understanding"}
 
 
 def ensure_dataset(cfg: Settings) -> None:
@@ -42,21 +54,30 @@ def default_run_name(cfg: Settings) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    cfg, explicit, _ = resolve(argv, "main.py", __doc__.splitlines()[0])
+    cli, explicit, _ = resolve(argv, "main.py", __doc__.splitlines()[0])
+    if cli.eval_only:
+        return evaluate_checkpoint(cli, explicit)
+    return train_and_evaluate(cli, explicit)
+
+
+def train_and_evaluate(cfg: Settings, explicit: set[str]) -> dict:
     if "fusion" in explicit and cfg.vision_model in ("timesformer", "videomae"):
         raise UsageError(f"--fusion applies to per-frame (timm) backbones; {cfg.vision_model} models time itself. "
                          f"Drop --fusion or choose e.g. --vision_model vit_small_patch16_224")
-    accelerator = make_accelerator(cfg)
+    check_tracker_installed(cfg.report_to)
+    run_name = cfg.run_name or default_run_name(cfg)
+    run_dir = os.path.join(cfg.output_dir, run_name)
+    accelerator = make_run_accelerator(cfg, run_dir)
+    memory_from_start = reset_peak_memory(accelerator.device)
     ensure_dataset(cfg)
     class_names = read_class_names(cfg.data_root)
     caption_texts = [r["caption"] for r in read_annotations(cfg.data_root, "train")] if cfg.captioning else None
     built = build_model(cfg, len(class_names), caption_texts=caption_texts)
     data = build_datasets(cfg, built.backbone.mean, built.backbone.std)
-    run_name = cfg.run_name or default_run_name(cfg)
-    run_dir = os.path.join(cfg.output_dir, run_name)
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "settings.yaml"), "w") as fh:
         yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+    start_trackers(accelerator, cfg, run_name, run_dir)
     run_config = dict(settings=cfg.to_dict(), model_info=built.info, class_names=class_names,
                       dataset=dict(name=cfg.dataset, root=cfg.data_root), torch_version=torch.__version__)
     print(f"run folder: {run_dir} | train {len(data.train)} / val {len(data.val) if data.val else 0} / "
@@ -65,62 +86,174 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     result = train(cfg, built, data, run_dir, run_config, accelerator)
     train_seconds = time.time() - t0
 
-    # test with the best checkpoint's weights
-    model = built.model
-    model.load_state_dict(load_weights(result.best_dir))
-    model = model.to(accelerator.device)
-    test_loader = make_loader(data.test, cfg.batch_size, False, cfg.num_workers, cfg.seed)
-    common = dict(split="test", checkpoint=result.best_dir, train_seconds=round(train_seconds, 1),
-                  pretrained=built.info["pretrained"], weights_source=built.info["weights_source"],
-                  params_total=built.info["params_total"], params_trainable=built.info["params_trainable"],
-                  **{k: built.info[k] for k in ("language_model", "language_model_source",
-                                                "language_model_pretrained") if k in built.info},
-                  history=result.history, settings=cfg.to_dict())
-    if cfg.captioning:
-        eval_json, line = evaluate_captioner(cfg, model, test_loader, accelerator, common)
-    else:
-        eval_json, line = evaluate_classifier(cfg, model, test_loader, accelerator, common, class_names)
+    built.model.load_state_dict(load_weights(result.best_dir))  # test with the best checkpoint's weights
+    run = dict(mode="train", checkpoint=result.best_dir, train_seconds=round(train_seconds, 1),
+               history=result.history)
+    eval_json = evaluate_and_report(cfg, built.model, built.info, data.test, class_names, run_dir, run, accelerator,
+                                    memory_from_start)
     if accelerator.is_main_process:
-        write_json_atomic(os.path.join(run_dir, "eval.json"), eval_json)
-        print(line)
-        if not built.info["pretrained"]:
-            print("note: the backbone started from RANDOM weights (\"pretrained\": false in eval.json)")
-        if built.info.get("language_model_pretrained") is False:
-            print("note: the language model started from RANDOM weights (\"language_model_pretrained\": false)")
         print(f"done in {train_seconds:.0f}s | best checkpoint: {result.best_dir} | last: {result.last_dir} | "
-              f"metrics: {os.path.join(run_dir, 'metrics.jsonl')} | evaluation: {os.path.join(run_dir, 'eval.json')}")
+              f"metrics: {os.path.join(run_dir, 'metrics.jsonl')}")
     return eval_json
 
 
-def evaluate_classifier(cfg: Settings, model, loader, accelerator, common: dict, class_names: list):
+def evaluate_checkpoint(cli: Settings, explicit: set[str]) -> dict:
+    """--eval_only: rebuild the model from the checkpoint alone and evaluate it on the test split.
+
+    Model flags must agree with the checkpoint (as in inference.py); run-time flags apply; ``--data_root`` may point
+    at another copy of the dataset (its classes must match the checkpoint's). The report goes to the run folder
+    that holds the checkpoint (``checkpoints/<run>/best`` -> ``checkpoints/<run>/eval.json``).
+    """
+    folder = checkpoint_to_evaluate(cli)
+    run_config = read_run_config(folder)
+    cfg = merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli, explicit - {"data_root"}, folder)
+    cfg.data_root = cli.data_root if "data_root" in explicit else cfg.data_root
+    check_tracker_installed(cfg.report_to)
+    run_dir = os.path.dirname(os.path.normpath(folder))
+    accelerator = make_run_accelerator(cfg, run_dir)
+    memory_from_start = reset_peak_memory(accelerator.device)
+    ensure_dataset(cfg)
+    class_names = run_config["class_names"]
+    check_same_classes(cfg.data_root, class_names, folder)
+    info = run_config["model_info"]
+    built = build_model(cfg, len(class_names), arch=info["arch"], verbose=False,
+                        language_arch=info.get("language_arch"), checkpoint_folder=folder)
+    built.model.load_state_dict(load_weights(folder))
+    test_set = SyntheticVideoDataset(cfg.data_root, "test", cfg.num_frames, cfg.image_size, built.backbone.mean,
+                                     built.backbone.std)
+    start_trackers(accelerator, cfg, os.path.basename(run_dir), run_dir)
+    print(f"evaluating {folder} on {cfg.data_root} (test, {len(test_set)} clips) | device {accelerator.device}")
+    run = dict(mode="eval_only", checkpoint=folder, train_seconds=None, history=run_config.get("history", []))
+    return evaluate_and_report(cfg, built.model, info, test_set, class_names, run_dir, run, accelerator,
+                               memory_from_start)
+
+
+def checkpoint_to_evaluate(cli: Settings) -> str:
+    if not cli.checkpoint:
+        raise UsageError("--eval_only True needs --checkpoint PATH, a checkpoint folder such as "
+                         "checkpoints/<run>/best")
+    if not os.path.isdir(cli.checkpoint):
+        raise UsageError(f"--checkpoint {cli.checkpoint!r} does not exist; pass a checkpoint folder such as "
+                         f"checkpoints/<run>/best")
+    return cli.checkpoint
+
+
+def check_same_classes(data_root: str, class_names: list, folder: str) -> None:
+    found = read_class_names(data_root)
+    if found != class_names:
+        raise UsageError(f"the dataset at {data_root!r} has classes {found}, but {folder} was trained on "
+                         f"{class_names}; pass --data_root with the dataset it was trained on")
+
+
+def make_run_accelerator(cfg: Settings, run_dir: str):
+    """The run's Accelerator, with the --report_to tracker writing under the run folder."""
+    log_with = None if cfg.report_to == "none" else cfg.report_to
+    return make_accelerator(cfg, log_with=log_with, logging_dir=run_dir if log_with else None)
+
+
+def start_trackers(accelerator, cfg: Settings, run_name: str, run_dir: str) -> None:
+    if cfg.report_to == "none":
+        return
+    config = {k: "none" if v is None else v for k, v in cfg.to_dict().items()}  # TensorBoard hparams refuse None
+    accelerator.init_trackers(TRACKER_PROJECT[cfg.report_to], config=config,
+                              init_kwargs={"wandb": {"name": run_name, "dir": run_dir}})
+
+
+def evaluate_and_report(cfg: Settings, model, info: dict, test_set, class_names: list, run_dir: str, run: dict,
+                        accelerator, memory_from_start: bool) -> dict:
+    """Test metrics + speed + memory + environment -> <run_dir>/eval.json, a summary.csv row, plots, trackers."""
+    model = model.to(accelerator.device).eval()
+    loader = make_loader(test_set, cfg.batch_size, False, cfg.num_workers, cfg.seed)
+    t0 = time.time()
+    if cfg.captioning:
+        headline, details, line = evaluate_captioner(cfg, model, loader, accelerator)
+    else:
+        headline, details, line = evaluate_classifier(cfg, model, loader, accelerator, class_names)
+    eval_seconds = time.time() - t0
+    speed = measure_speed(lambda batch: predict_batch(model, batch, accelerator, cfg), next(iter(loader)),
+                          accelerator.device, cfg.speed_repeats)
+    history = run["history"]
+    report = dict(
+        run_dir=run_dir, mode=run["mode"], task="captioning" if cfg.captioning else "classification",
+        split="test", checkpoint=run["checkpoint"], finished=timestamp(), **headline, views=SINGLE_VIEW,
+        params_total=info["params_total"], params_trainable=info["params_trainable"], **speed,
+        peak_memory=peak_memory(accelerator.device, memory_from_start),
+        epochs_trained=history[-1]["epoch"] if history else None, train_seconds=run["train_seconds"],
+        eval_seconds=round(eval_seconds, 2), fusion=info["fusion"], pretrained=info["pretrained"],
+        weights_source=info["weights_source"], hf_hub_offline=hub_offline_mode(),
+        **{k: info[k] for k in ("language_model", "language_model_source", "language_model_pretrained")
+           if k in info},
+        **details, history=history, settings=cfg.to_dict(), environment=environment_info(accelerator.device))
+    if accelerator.is_main_process:
+        write_report(cfg, report, run_dir, line)
+    accelerator.log(tracker_scalars(report), step=history[-1]["step"] if history else 0)
+    accelerator.end_training()
+    return report
+
+
+def write_report(cfg: Settings, report: dict, run_dir: str, line: str) -> None:
+    eval_path = os.path.join(run_dir, "eval.json")
+    write_json_atomic(eval_path, report)
+    if cfg.summary_csv:
+        append_summary_row(cfg.summary_csv, summary_row(report))
+    plots = write_plots(run_dir)
+    print(line)
+    latency, memory = report["latency"], report["peak_memory"]
+    if latency.get("ms_per_clip") is not None:
+        print(f"speed: {latency['ms_per_clip']:.1f} ms per clip (batch 1) | "
+              f"{report['throughput']['clips_per_s']:.1f} clips/s (batch {report['throughput']['batch_size']}) | "
+              f"peak RSS {memory['cpu_peak_rss_mib']:.0f} MiB")
+    if not report["pretrained"]:
+        print("note: the backbone started from RANDOM weights (\"pretrained\": false in eval.json)")
+    if report.get("language_model_pretrained") is False:
+        print("note: the language model started from RANDOM weights (\"language_model_pretrained\": false)")
+    table = f" | results table: {cfg.summary_csv}" if cfg.summary_csv else ""
+    print(f"evaluation: {eval_path} | plots: {', '.join(os.path.basename(p) for p in plots)} in "
+          f"{os.path.join(run_dir, 'plots')}{table}")
+
+
+def tracker_scalars(report: dict) -> dict[str, float]:
+    """The report's headline numbers, as ``test/<name>`` scalars for TensorBoard / W&B."""
+    values = {k: report.get(k) for k in ("top1", "top5", "mean_class_accuracy", "loss")}
+    values.update(report.get("metrics") or {})
+    values.update(latency_ms_per_clip=report["latency"].get("ms_per_clip"),
+                  throughput_clips_per_s=report["throughput"].get("clips_per_s"))
+    return {f"test/{k}": float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def evaluate_classifier(cfg: Settings, model, loader, accelerator, class_names: list):
+    """(headline numbers, per-class details, one summary line) on the loader's clips."""
     test = evaluate(model, loader, accelerator, "test", progress_enabled(cfg))
     pairs = read_dataset_meta(cfg.data_root).get("reversal_pairs")
     report = classification_report(test["preds"], test["labels"], class_names, pairs)
-    eval_json = dict(common, num_samples=test["num_samples"], top1=test["top1"], top5=test["top5"],
-                     loss=test["loss"], **report)
-    line = f"test top1 {100 * test['top1']:.1f}% | top5 {100 * test['top5']:.1f}%"
-    if "direction_accuracy" in report:
-        line += (f" | motion family {100 * report['family_accuracy']:.1f}% | direction within family "
-                 f"{100 * report['direction_accuracy']:.1f}%")
-    return eval_json, line
+    headline = dict(num_samples=test["num_samples"], top1=test["top1"], top5=test["top5"],
+                    mean_class_accuracy=report.pop("mean_class_accuracy"), loss=test["loss"],
+                    **{k: report.pop(k) for k in ("family_accuracy", "direction_accuracy") if k in report})
+    details = dict(class_names=class_names, **report)
+    line = (f"test top1 {100 * test['top1']:.1f}% | top5 {100 * test['top5']:.1f}% | mean class accuracy "
+            f"{100 * headline['mean_class_accuracy']:.1f}%")
+    if "direction_accuracy" in headline:
+        line += (f" | motion family {100 * headline['family_accuracy']:.1f}% | direction within family "
+                 f"{100 * headline['direction_accuracy']:.1f}%")
+    return headline, details, line
 
 
-def evaluate_captioner(cfg: Settings, model, loader, accelerator, common: dict):
+def evaluate_captioner(cfg: Settings, model, loader, accelerator):
+    """(headline numbers with the caption metrics, generation settings and captions, one summary line)."""
     loss = evaluate(model, loader, accelerator, "test loss", progress_enabled(cfg))["loss"]
     generated = generate_captions(model, loader, accelerator, cfg, "test captions", progress_enabled(cfg))
-    report = caption_report(generated)
     examples = [dict(video=v, generated=c, reference=r) for v, c, r in
                 zip(generated["video_ids"], generated["captions"], generated["references"])]
-    eval_json = dict(common, num_samples=len(examples), loss=loss, **report,
-                     generation=dict(num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
-                                     no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-                                     repetition_penalty=cfg.repetition_penalty),
-                     captions=examples)
-    metrics = report.get("metrics") or {}
+    headline = dict(num_samples=len(examples), loss=loss, **caption_report(generated))
+    details = dict(generation=dict(num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
+                                   no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+                                   repetition_penalty=cfg.repetition_penalty),
+                   captions=examples)
+    metrics = headline.get("metrics") or {}
     shown = " | ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
     line = f"test caption loss {loss:.4f} | {shown}" + "".join(f"\nexample: {e['generated']!r} (reference: "
                                                                f"{e['reference']!r})" for e in examples[:3])
-    return eval_json, line
+    return headline, details, line
 
 
 if __name__ == "__main__":
