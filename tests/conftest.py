@@ -29,3 +29,14 @@ def in_tmp(tmp_path, monkeypatch):
 
 
 TINY_FLAGS = ["--model_size", "tiny", "--num_frames", "4", "--image_size", "32"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_in_scratch_folder(tmp_path_factory):
+    """Every test runs in a scratch working folder, so files a run writes relative to it (results/summary.csv,
+    predictions.json) never land in the checkout. The repo's config_file.yaml is not read from there: tests pass the
+    settings they depend on as flags."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)

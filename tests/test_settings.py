@@ -103,6 +103,8 @@ def test_run_cli_turns_usage_error_into_exit_2(capsys):
     ("inference.py", ["--top_k", "3"]),  # missing --video_dir
     ("dummy_data.py", ["--num_classes", "99", "--root", "x"]),
     ("create_dummy.py", ["--data_root", "nowhere"]),
+    ("main.py", ["--eval_only", "True", "--checkpoint", "nowhere"]),
+    ("visualize_results.py", ["--run_dir", "nowhere"]),
 ])
 def test_cli_misuse_is_one_line_exit_2(in_tmp, script, argv):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *argv], capture_output=True, text=True,

@@ -146,6 +146,7 @@ def test_captioner_checkpoint_round_trip_gives_identical_captions(tiny_dataset, 
                               "--quiet"])
     assert result["language_model"] == "gpt2" and result["language_model_pretrained"] is False
     assert set(result["metrics"]) >= {"BLEU-4", "CIDEr", "ROUGE-L", "METEOR"}
+    assert os.path.isfile(os.path.join(out, "cap", "plots", "caption_examples.png"))
     best = os.path.join(out, "cap", "best")
     assert os.path.isfile(os.path.join(best, "tokenizer", "tokenizer.json"))
     frames = str(tmp_path / "frames")
