@@ -479,6 +479,17 @@ def build_model(cfg: Settings, num_classes: int, arch: Optional[dict] = None, ve
     return BuiltModel(model, backbone, info, language)
 
 
+def rebuild_from_checkpoint(cfg: Settings, run_config: dict, folder: str) -> BuiltModel:
+    """The model a checkpoint folder holds: its saved architecture (no Hub, no download) with its weights loaded.
+    ``run_config`` is the folder's run_config.json (checkpointing.read_run_config)."""
+    from checkpointing import load_weights
+    info = run_config["model_info"]
+    built = build_model(cfg, len(run_config["class_names"]), arch=info["arch"], verbose=False,
+                        language_arch=info.get("language_arch"), checkpoint_folder=folder)
+    built.model.load_state_dict(load_weights(folder))
+    return built
+
+
 def build_language_model(cfg: Settings, language_arch: Optional[dict], checkpoint_folder: Optional[str],
                          caption_texts: Optional[list], verbose: bool):
     """The language model (+ LoRA / freezing): loaded (Hub, folder, offline fallback) or rebuilt from a checkpoint."""

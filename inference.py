@@ -10,8 +10,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from build_model import build_model
-from checkpointing import find_runs, load_weights, read_run_config, write_json_atomic
+from build_model import rebuild_from_checkpoint
+from checkpointing import find_runs, read_run_config, write_json_atomic
 from settings import DATA, FIELDS, MODEL, RUNTIME, Settings, UsageError, resolve, run_cli, settings_from_dict
 from train_code import (caption_report, classification_report, evaluate, generate_captions, make_accelerator,
                         progress_enabled)
@@ -63,9 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     class_names = run_config["class_names"]
     accelerator = make_accelerator(cfg)
     info = run_config["model_info"]
-    built = build_model(cfg, len(class_names), arch=info["arch"], verbose=False,
-                        language_arch=info.get("language_arch"), checkpoint_folder=folder)
-    built.model.load_state_dict(load_weights(folder))
+    built = rebuild_from_checkpoint(cfg, run_config, folder)
     model = built.model.to(accelerator.device)
     try:
         dataset = FrameFolderDataset(cfg.video_dir, cfg.num_frames, cfg.image_size, built.backbone.mean,

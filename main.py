@@ -17,7 +17,7 @@ import torch
 import yaml
 
 import dummy_data
-from build_model import build_model
+from build_model import build_model, rebuild_from_checkpoint
 from checkpointing import load_weights, read_run_config, write_json_atomic
 from inference import merge_with_checkpoint
 from language import hub_offline_mode
@@ -87,8 +87,8 @@ def train_and_evaluate(cfg: Settings, explicit: set[str]) -> dict:
     train_seconds = time.time() - t0
 
     built.model.load_state_dict(load_weights(result.best_dir))  # test with the best checkpoint's weights
-    run = dict(mode="train", checkpoint=result.best_dir, train_seconds=round(train_seconds, 1),
-               history=result.history)
+    run = dict(mode="train", checkpoint=result.best_dir, checkpoint_epoch=read_run_config(result.best_dir)["epoch"],
+               train_seconds=round(train_seconds, 1), history=result.history)
     eval_json = evaluate_and_report(cfg, built.model, built.info, data.test, class_names, run_dir, run, accelerator,
                                     memory_from_start)
     if accelerator.is_main_process:
@@ -115,17 +115,15 @@ def evaluate_checkpoint(cli: Settings, explicit: set[str]) -> dict:
     ensure_dataset(cfg)
     class_names = run_config["class_names"]
     check_same_classes(cfg.data_root, class_names, folder)
-    info = run_config["model_info"]
-    built = build_model(cfg, len(class_names), arch=info["arch"], verbose=False,
-                        language_arch=info.get("language_arch"), checkpoint_folder=folder)
-    built.model.load_state_dict(load_weights(folder))
+    built = rebuild_from_checkpoint(cfg, run_config, folder)
     test_set = SyntheticVideoDataset(cfg.data_root, "test", cfg.num_frames, cfg.image_size, built.backbone.mean,
                                      built.backbone.std)
     start_trackers(accelerator, cfg, os.path.basename(run_dir), run_dir)
     print(f"evaluating {folder} on {cfg.data_root} (test, {len(test_set)} clips) | device {accelerator.device}")
-    run = dict(mode="eval_only", checkpoint=folder, train_seconds=None, history=run_config.get("history", []))
-    return evaluate_and_report(cfg, built.model, info, test_set, class_names, run_dir, run, accelerator,
-                               memory_from_start)
+    run = dict(mode="eval_only", checkpoint=folder, checkpoint_epoch=run_config.get("epoch"), train_seconds=None,
+               history=run_config.get("history", []))
+    return evaluate_and_report(cfg, built.model, run_config["model_info"], test_set, class_names, run_dir, run,
+                               accelerator, memory_from_start)
 
 
 def checkpoint_to_evaluate(cli: Settings) -> str:
@@ -178,7 +176,7 @@ def evaluate_and_report(cfg: Settings, model, info: dict, test_set, class_names:
         split="test", checkpoint=run["checkpoint"], finished=timestamp(), **headline, views=SINGLE_VIEW,
         params_total=info["params_total"], params_trainable=info["params_trainable"], **speed,
         peak_memory=peak_memory(accelerator.device, memory_from_start),
-        epochs_trained=history[-1]["epoch"] if history else None, train_seconds=run["train_seconds"],
+        checkpoint_epoch=run["checkpoint_epoch"], train_seconds=run["train_seconds"],
         eval_seconds=round(eval_seconds, 2), fusion=info["fusion"], pretrained=info["pretrained"],
         weights_source=info["weights_source"], hf_hub_offline=hub_offline_mode(),
         **{k: info[k] for k in ("language_model", "language_model_source", "language_model_pretrained")

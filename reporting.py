@@ -124,7 +124,9 @@ def measure_speed(predict: Callable[[dict], Any], batch: dict, device: torch.dev
     one = first_items(batch, 1)
     per_clip = median_seconds(lambda: predict(one), repeats, warmup, device)
     per_batch = median_seconds(lambda: predict(batch), repeats, warmup, device)
-    protocol = dict(repeats=repeats, warmup=warmup, statistic="median", device=str(device))
+    # CPU timings depend on the thread count (and suffer when other processes compete for those cores)
+    protocol = dict(repeats=repeats, warmup=warmup, statistic="median", device=str(device),
+                    cpu_threads=torch.get_num_threads())
     return dict(latency=dict(ms_per_clip=round(1000 * per_clip, 3), batch_size=1, **protocol),
                 throughput=dict(clips_per_s=round(size / per_batch, 2), batch_size=size, **protocol))
 
@@ -133,8 +135,8 @@ def measure_speed(predict: Callable[[dict], Any], batch: dict, device: torch.dev
 # results table
 # ----------------------------------------------------------------------------------------------------------------
 SUMMARY_COLUMNS = ("finished", "run_name", "mode", "task", "vision_model", "model_size", "pretrained", "fusion",
-                   "language_model", "lora_vision", "lora_llm", "lora_r", "num_frames", "image_size", "epochs",
-                   "split", "num_samples", "top1", "top5", "mean_class_accuracy", "CIDEr", "BLEU-4",
+                   "language_model", "lora_vision", "lora_llm", "lora_r", "num_frames", "image_size",
+                   "checkpoint_epoch", "split", "num_samples", "top1", "top5", "mean_class_accuracy", "CIDEr", "BLEU-4",
                    "params_total", "params_trainable", "peak_rss_mib", "peak_gpu_mib", "latency_ms_per_clip",
                    "throughput_clips_per_s", "device", "git_commit", "run_dir", "checkpoint")
 
@@ -149,7 +151,7 @@ def summary_row(report: dict) -> dict[str, Any]:
         task=report["task"], vision_model=s["vision_model"], model_size=s["model_size"],
         pretrained=report["pretrained"], fusion=report["fusion"], language_model=report.get("language_model"),
         lora_vision=s["use_lora_vision"], lora_llm=s["use_lora_llm"], lora_r=s["lora_r"] if lora else None,
-        num_frames=s["num_frames"], image_size=s["image_size"], epochs=report["epochs_trained"],
+        num_frames=s["num_frames"], image_size=s["image_size"], checkpoint_epoch=report["checkpoint_epoch"],
         split=report["split"], num_samples=report["num_samples"], top1=report.get("top1"), top5=report.get("top5"),
         mean_class_accuracy=report.get("mean_class_accuracy"), CIDEr=caption_metrics.get("CIDEr"),
         **{"BLEU-4": caption_metrics.get("BLEU-4")}, params_total=report["params_total"],

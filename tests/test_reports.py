@@ -25,7 +25,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSIFIER_PLOTS = ("training_curves.png", "confusion_matrix.png", "per_class_accuracy.png")
 EVAL_FIELDS = {"run_dir", "mode", "task", "split", "checkpoint", "finished", "num_samples", "top1", "top5",
                "mean_class_accuracy", "loss", "views", "params_total", "params_trainable", "latency", "throughput",
-               "peak_memory", "epochs_trained", "train_seconds", "eval_seconds", "fusion", "pretrained",
+               "peak_memory", "checkpoint_epoch", "train_seconds", "eval_seconds", "fusion", "pretrained",
                "weights_source", "hf_hub_offline", "class_names", "per_class_accuracy", "confusion_matrix",
                "history", "settings", "environment"}
 
@@ -67,7 +67,8 @@ def test_eval_json_has_every_field_with_sane_values(report_run):
     assert EVAL_FIELDS <= set(saved), EVAL_FIELDS - set(saved)
     assert saved["top1"] == report_run["report"]["top1"]
     assert (saved["mode"], saved["task"], saved["split"]) == ("train", "classification", "test")
-    assert saved["checkpoint"].endswith(os.path.join("tiny", "best")) and saved["epochs_trained"] == 2
+    best_epoch = max(saved["history"], key=lambda r: r["val_top1"])["epoch"]  # the first epoch with the best score
+    assert saved["checkpoint"].endswith(os.path.join("tiny", "best")) and saved["checkpoint_epoch"] == best_epoch
 
     names = read_class_names(report_run["data"])
     confusion, per_class = saved["confusion_matrix"], saved["per_class_accuracy"]
@@ -115,7 +116,8 @@ def test_summary_csv_gets_one_row_per_run(report_run):
     row = rows[0]
     assert (row["run_name"], row["mode"], row["vision_model"], row["fusion"], row["lora_vision"]) == \
         ("tiny", "train", "videomae", "none", "False")
-    assert (int(row["num_frames"]), int(row["image_size"]), int(row["epochs"])) == (4, 32, 2)
+    assert (int(row["num_frames"]), int(row["image_size"])) == (4, 32)
+    assert int(row["checkpoint_epoch"]) == report["checkpoint_epoch"]
     assert float(row["top1"]) == pytest.approx(report["top1"]) and float(row["top5"]) == 1.0
     assert int(row["params_trainable"]) == report["params_trainable"]
     assert float(row["latency_ms_per_clip"]) == pytest.approx(report["latency"]["ms_per_clip"])
@@ -227,8 +229,9 @@ def test_eval_only_reproduces_the_test_report_from_a_checkpoint(report_run, tmp_
     result = train_main.main(["--eval_only", "True", "--checkpoint", os.path.join(run_dir, "best"), "--quiet",
                               "--data_root", report_run["data"], "--summary_csv", summary, "--speed_repeats", "1"])
     trained = report_run["report"]
-    assert result["mode"] == "eval_only" and result["train_seconds"] is None and result["epochs_trained"] == 2
-    for key in ("top1", "top5", "confusion_matrix", "per_class_accuracy", "params_total", "num_samples"):
+    assert result["mode"] == "eval_only" and result["train_seconds"] is None
+    for key in ("checkpoint_epoch", "top1", "top5", "confusion_matrix", "per_class_accuracy", "params_total",
+                "num_samples"):
         assert result[key] == trained[key], key
     assert json.load(open(os.path.join(run_dir, "eval.json")))["checkpoint"] == os.path.join(run_dir, "best")
     assert sorted(os.listdir(os.path.join(run_dir, "plots"))) == sorted(CLASSIFIER_PLOTS)

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from settings import Settings, UsageError, parse_bool, resolve, run_cli
+from settings import FIELDS, Settings, UsageError, parse_bool, resolve, run_cli
 
 
 def write(path, text):
@@ -28,6 +28,13 @@ def test_default_config_file_is_read_from_cwd(in_tmp):
     write(in_tmp / "config_file.yaml", "epochs: 7\n")
     cfg, _, _ = resolve([], "t", "t")
     assert cfg.epochs == 7
+
+
+def test_readme_flag_table_lists_every_setting():
+    with open(os.path.join(ROOT, "README.md")) as fh:
+        readme = fh.read()
+    missing = [name for name in FIELDS if f"`--{name}`" not in readme]
+    assert not missing, f"add these flags to the README's settings table: {missing}"
 
 
 def test_repo_config_file_matches_settings():
