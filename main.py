@@ -173,7 +173,7 @@ def evaluate_and_report(cfg: Settings, model, info: dict, test_set, class_names:
     history = run["history"]
     report = dict(
         run_dir=run_dir, mode=run["mode"], task="captioning" if cfg.captioning else "classification",
-        split="test", checkpoint=run["checkpoint"], finished=timestamp(), **headline, views=SINGLE_VIEW,
+        split="test", checkpoint=run["checkpoint"], finished=timestamp(), **headline, views=dict(SINGLE_VIEW),
         params_total=info["params_total"], params_trainable=info["params_trainable"], **speed,
         peak_memory=peak_memory(accelerator.device, memory_from_start),
         checkpoint_epoch=run["checkpoint_epoch"], train_seconds=run["train_seconds"],
