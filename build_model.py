@@ -519,11 +519,13 @@ def build_language_model(cfg: Settings, language_arch: Optional[dict], checkpoin
 
 def build_vision_language_model(cfg: Settings, backbone: Backbone, language, num_classes: int) -> nn.Module:
     if not cfg.captioning:
-        return VisionLanguageClassifier(backbone, language, cfg, num_classes)
-    from captioning import VideoCaptioner
-    encoder = VideoTokenEncoder(backbone.module, cfg.max_video_tokens)
-    model = VideoCaptioner(encoder, backbone.feature_dim, language.module, language.tokenizer,
-                           max_caption_tokens=cfg.max_caption_tokens)
-    model.batch_keys = {"pixel_values": "pixel_values", "captions": "caption",
-                        **({"prompts": "hint"} if cfg.use_text else {})}
+        model = VisionLanguageClassifier(backbone, language, cfg, num_classes)
+    else:
+        from captioning import VideoCaptioner
+        encoder = VideoTokenEncoder(backbone.module, cfg.max_video_tokens)
+        model = VideoCaptioner(encoder, backbone.feature_dim, language.module, language.tokenizer,
+                               max_caption_tokens=cfg.max_caption_tokens)
+        model.batch_keys = {"pixel_values": "pixel_values", "captions": "caption",
+                            **({"prompts": "hint"} if cfg.use_text else {})}
+    model.language_model_pretrained = language.pretrained  # train_code.param_groups: its weights get a lower lr
     return model

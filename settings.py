@@ -116,6 +116,9 @@ class Settings:
     max_steps: int = _opt(0, "stop after this many optimizer steps (0 = no limit; for smoke tests)", minimum=0)
     batch_size: int = _opt(32, "clips per batch", minimum=1, group=RUNTIME)
     lr: float = _opt(5e-4, "peak learning rate (AdamW)", minimum=0.0)
+    lr_language_model: Optional[float] = _opt(None, "peak learning rate of a PRETRAINED language model's own "
+                                              "weights when they train fully; none = lr / 10 (new parts, LoRA "
+                                              "adapters and a randomly initialised LM use --lr)", minimum=0.0)
     weight_decay: float = _opt(0.05, "AdamW weight decay (not on biases and norms)", minimum=0.0)
     warmup_ratio: float = _opt(0.1, "share of the steps spent in linear warm-up before the cosine decay",
                                minimum=0.0, maximum=1.0)

@@ -65,13 +65,33 @@ def make_accelerator(cfg: Settings, log_with: Optional[str] = None, logging_dir:
                        log_with=log_with, project_config=project)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only (not biases, norms, embeddings' 1-D params)."""
-    decay, no_decay = [], []
+LANGUAGE_MODEL_ATTRIBUTES = ("lm", "language_model")  # VisionLanguageClassifier.lm, VideoCaptioner.language_model
+
+
+def pretrained_language_weights(model: torch.nn.Module) -> set[int]:
+    """ids of a pretrained language model's own trainable weights (LoRA adapters excluded: they start new)."""
+    if not getattr(model, "language_model_pretrained", False):
+        return set()
+    for attribute in LANGUAGE_MODEL_ATTRIBUTES:
+        lm = getattr(model, attribute, None)
+        if isinstance(lm, torch.nn.Module):
+            return {id(p) for name, p in lm.named_parameters() if p.requires_grad and "lora_" not in name}
+    return set()
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
+                 lr_language_model: Optional[float] = None) -> list[dict]:
+    """AdamW groups: weight decay on matrices only (not biases, norms, 1-D params); a pretrained language model's
+    own weights at ``lr_language_model`` (default lr / 10), so fine-tuning does not wreck what it learned while the
+    new parts (projector, head, a backbone trained from scratch) learn at ``lr``."""
+    lm_weights = pretrained_language_weights(model)
+    lm_lr = lr / 10 if lr_language_model is None else lr_language_model
+    groups = {}  # (is LM weight, decays) -> params
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+            groups.setdefault((id(p) in lm_weights, p.ndim >= 2), []).append(p)
+    return [dict(params=params, weight_decay=weight_decay if decays else 0.0, lr=lm_lr if is_lm else lr)
+            for (is_lm, decays), params in sorted(groups.items())]
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[int, int]:
@@ -243,7 +263,8 @@ def train(cfg: Settings, built, data, run_dir: str, run_config: dict,
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.lr, cfg.lr_language_model), lr=cfg.lr,
+                                  betas=(0.9, 0.999))
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
     start_epoch, global_step, best_top1, history = 0, 0, -math.inf, []

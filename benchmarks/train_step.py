@@ -45,10 +45,10 @@ def loop_overhead(steps: int, repeats: int, batch_size: int) -> dict:
     bare = build_model(cfg, 8, verbose=False).model
     bare.load_state_dict(ours.state_dict())
     accelerator = make_accelerator(cfg)
-    opt_ours = torch.optim.AdamW(param_groups(ours, cfg.weight_decay), lr=cfg.lr)
+    opt_ours = torch.optim.AdamW(param_groups(ours, cfg.weight_decay, cfg.lr), lr=cfg.lr)
     sched = get_cosine_schedule_with_warmup(opt_ours, 10, 10 ** 6)
     ours, opt_ours, sched = accelerator.prepare(ours, opt_ours, sched)
-    opt_bare = torch.optim.AdamW(param_groups(bare, cfg.weight_decay), lr=cfg.lr)
+    opt_bare = torch.optim.AdamW(param_groups(bare, cfg.weight_decay, cfg.lr), lr=cfg.lr)
 
     def run_ours():
         for _ in range(steps):

@@ -90,6 +90,24 @@ def test_lora_and_freezing_on_the_language_model():
     assert any(n.startswith("lm.") and "lora_" not in n for n in full)
 
 
+def lr_of(model, groups):
+    """{parameter name: learning rate of its AdamW group}."""
+    lr_by_id = {id(p): g["lr"] for g in groups for p in g["params"]}
+    return {n: lr_by_id[id(p)] for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_pretrained_language_model_weights_learn_at_a_lower_rate(text_model):
+    from train_code import param_groups
+    model, _ = text_model
+    lrs = lr_of(model, param_groups(model, 0.05, 1e-3))
+    assert {lr for n, lr in lrs.items() if n.startswith("lm.")} == {1e-4}  # lr / 10 by default
+    assert {lr for n, lr in lrs.items() if not n.startswith("lm.")} == {1e-3}  # projector, head, video backbone
+    explicit = lr_of(model, param_groups(model, 0.05, 1e-3, lr_language_model=3e-5))
+    assert {lr for n, lr in explicit.items() if n.startswith("lm.")} == {3e-5}
+    lora = build_model(Settings(**VLM, use_lora_llm=True), 4, verbose=False).model
+    assert set(lr_of(lora, param_groups(lora, 0.05, 1e-3)).values()) == {1e-3}  # adapters start new: full lr
+
+
 def test_unknown_language_model_is_a_clear_error():
     with pytest.raises(UsageError, match="neither a known name"):
         build_model(Settings(**dict(VLM, language_model="no/such-model")), 4, verbose=False)
