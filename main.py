@@ -105,6 +105,7 @@ def train_and_evaluate(cfg: Settings, explicit: set[str]) -> dict:
     eval_json = evaluate_and_report(cfg, built.model, built.info, data.test, class_names, run_dir, run, accelerator,
                                     memory_from_start)
     if accelerator.is_main_process:
+        export(cfg, built.model, built.info, class_names)
         print(f"done in {train_seconds:.0f}s | best checkpoint: {result.best_dir} | last: {result.last_dir} | "
               f"metrics: {os.path.join(run_dir, 'metrics.jsonl')}")
     return eval_json
@@ -126,6 +127,15 @@ def carry_best(resume_from: str, run_dir: str) -> None:
         tmp = new_temp_folder(target)
         shutil.copytree(source, tmp, dirs_exist_ok=True)
         commit_folder(tmp, target)
+
+
+def export(cfg: Settings, model, info: dict, class_names: list) -> None:
+    """--export_dir: the model in the Hugging Face format (hf_export.py)."""
+    if not cfg.export_dir:
+        return
+    from hf_export import export_pretrained
+    written = export_pretrained(model, info, class_names, cfg, cfg.export_dir, merge_lora=cfg.merge_lora)
+    print(f"exported (Hugging Face format) to {cfg.export_dir}: {', '.join(written)}")
 
 
 def evaluate_checkpoint(cli: Settings, explicit: set[str]) -> dict:
@@ -153,8 +163,11 @@ def evaluate_checkpoint(cli: Settings, explicit: set[str]) -> dict:
     print(f"evaluating {folder} on {cfg.data_root} (test, {len(test_set)} clips) | device {accelerator.device}")
     run = dict(mode="eval_only", checkpoint=folder, checkpoint_epoch=run_config.get("epoch"), train_seconds=None,
                history=run_config.get("history", []))
-    return evaluate_and_report(cfg, built.model, run_config["model_info"], test_set, class_names, run_dir, run,
-                               accelerator, memory_from_start)
+    report = evaluate_and_report(cfg, built.model, run_config["model_info"], test_set, class_names, run_dir, run,
+                                 accelerator, memory_from_start)
+    if accelerator.is_main_process:
+        export(cfg, built.model, run_config["model_info"], class_names)
+    return report
 
 
 def checkpoint_to_evaluate(cli: Settings) -> str:
