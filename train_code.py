@@ -447,9 +447,7 @@ def train(cfg: Settings, built, data, run_dir: str, run_config: dict,
         remove_stale_temp(run_dir)
         _rewrite_jsonl(loop.metrics_log, progress.history)  # a resumed run continues the checkpoint's history
     with StopOnSignal(accelerator) as stop, deterministic_algorithms(cfg.deterministic):
-        for epoch in range(progress.epoch, cfg.epochs):
-            if cfg.max_steps and progress.step >= cfg.max_steps:
-                break
+        while progress.epoch < cfg.epochs and not (cfg.max_steps and progress.step >= cfg.max_steps):
             t0 = time.time()
             train_epoch(loop, progress, stop)
             folder = end_epoch(loop, progress, time.time() - t0)
