@@ -126,6 +126,17 @@ def test_resume_is_bit_identical(reference, tiny_dataset, tmp_path, step, epoch,
     assert_same_run(report, reference, tmp_path / "resumed")
 
 
+def test_resume_with_gradient_accumulation_is_bit_identical(tiny_dataset, tmp_path):
+    """Micro-batches of 2, 2 per optimizer step: checkpoint-2 sits after batch 4 of 10, inside the epoch."""
+    flags = ("--batch_size", "2", "--gradient_accumulation_steps", "2", "--epochs", "1")
+    report = run(tiny_dataset, tmp_path, "whole", *flags)
+    reference = dict(report=report, weights=load_file(str(tmp_path / "whole" / "last" / WEIGHTS_FILE)))
+    assert load_training_state(str(tmp_path / "whole" / "checkpoint-2"))["batch"] == 4
+    resumed = run(tiny_dataset, tmp_path, "resumed", *flags, "--resume_from_checkpoint",
+                  str(tmp_path / "whole" / "checkpoint-2"))
+    assert_same_run(resumed, reference, tmp_path / "resumed")
+
+
 SLOW_MAIN = """
 import sys, time
 import train_code, main, settings
