@@ -268,6 +268,12 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------------------------
 # The classifier
 # ----------------------------------------------------------------------------------------------------------------
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float,
+                        reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy in fp32 with label smoothing: logits [B, C], labels [B] -> scalar, or [B] with 'none'."""
+    return nn.functional.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing, reduction=reduction)
+
+
 @dataclass
 class ClassifierOutput(ModelOutput):
     loss: Optional[torch.Tensor] = None
@@ -306,7 +312,7 @@ class VideoClassifier(nn.Module):
         logits = self.head(self.features(pixel_values))  # [B, num_classes]
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+            loss = classification_loss(logits, labels, self.label_smoothing)
         return ClassifierOutput(loss=loss, logits=logits)
 
 
@@ -413,7 +419,7 @@ class VisionLanguageClassifier(nn.Module):
         logits = self.head(pooled)  # [B, num_classes]
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+            loss = classification_loss(logits, labels, self.label_smoothing)
         return ClassifierOutput(loss=loss, logits=logits)
 
 

@@ -1,30 +1,81 @@
 """Checkpoints that carry their config, written atomically, loaded without pickle.
 
+A run folder holds::
+
+    checkpoint-<step>/    resumable checkpoints, the newest --save_total_limit of them (written every --save_steps
+                          optimizer steps, at every epoch end, and on SIGINT/SIGTERM)
+    last -> checkpoint-N  symlink to the newest one (what ``--resume_from_checkpoint latest`` reads)
+    best/                 the best validation epoch's weights (+ config), kept whatever the limit
+
 A checkpoint is a folder::
 
-    model.safetensors     every weight of the model (LoRA adapters included)
+    model.safetensors     every weight of the model (LoRA adapters included), names of the unwrapped model
     run_config.json       the settings that built it, the architecture, class names, metrics, pretrained status
     tokenizer/            vision + language models: the language model's tokenizer
-    training_state.pt     optimizer / scheduler / epoch / step / RNG (only tensors and plain containers:
-                          it loads with ``torch.load(weights_only=True)``)
+    training_state.pt     resumable checkpoints: epoch, batch position within the epoch, step, best score, history,
+                          the epoch's running sums, skipped-batch count, settings (plain types and tensors)
+    optimizer.bin, scheduler.bin, random_states_<rank>.pkl, scaler.pt (fp16)
+                          written by ``accelerate``'s ``save_state``: optimizer and LR scheduler state, the
+                          Python / NumPy / torch (and CUDA) RNG of every process, the fp16 loss scaler
 
-Writes go to a temporary folder beside the target, are flushed to disk, and then replace the target with
-``os.replace``: a crash during a save leaves the previous checkpoint intact.
+Every ``.pt`` / ``.bin`` / ``.pkl`` file loads with ``torch.load(weights_only=True)``: only tensors and plain
+containers, never code. A file that would need arbitrary unpickling is refused before anything is loaded, with a
+message naming the file and what it tried to import (``verify_checkpoint``). The data sampler needs no file: its
+order is a function of (--seed, epoch), and the batch position says where in the epoch to continue.
+
+Writes go to a temporary folder beside the target (``.<name>.tmp*``), every file is fsynced, and the folder is
+renamed into place (``os.replace``, atomic on POSIX); the ``last`` link is swapped the same way. A crash or
+``kill -9`` during a save leaves the previous checkpoints and ``last`` untouched (the next save removes the
+temporary leftovers).
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from typing import Any, Callable, Optional
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from settings import Settings, UsageError, settings_from_dict
+from settings import RunError, Settings, UsageError, settings_from_dict
 
 WEIGHTS_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "run_config.json", "training_state.pt"
+LAST_LINK, BEST_DIR, CHECKPOINT_PREFIX = "last", "best", "checkpoint-"
+PICKLE_SUFFIXES = (".pt", ".bin", ".pkl")  # torch.save files: ours and accelerate's
+STATE_FORMAT = 2  # 1 = optimizer/scheduler/RNG inside training_state.pt (epoch-granular resume, before save_state)
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that cannot be used: missing, corrupt, unsafe, or incompatible. One line, exit code 2."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# safe reading
+# ----------------------------------------------------------------------------------------------------------------
+def safe_torch_load(path: str) -> Any:
+    """``torch.load(path, weights_only=True)`` (with accelerate's allow-list for NumPy RNG arrays), turning every
+    failure into a CheckpointError that names the file: unsafe pickles (never executed), truncated or random bytes.
+    """
+    from accelerate.utils import load  # torch.load(weights_only=True) + numpy arrays/dtypes for RNG states
+    name = os.path.basename(path)
+    try:
+        return load(path, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f"it asks to import {found.group(1)}, which could run code" if found else \
+            "it holds pickle data that weights_only=True does not accept (not written by torch.save, or corrupt)"
+        raise CheckpointError(f"refused to load {path}: {what}. Nothing in it was executed. Checkpoints of this repo "
+                              f"hold only tensors and plain values; if you trust the file's origin, re-save it as "
+                              f"tensors, else delete it") from None
+    except Exception as exc:  # a broken zip (RuntimeError), an empty file (EOFError), ...
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is truncated or corrupt ({detail}); {name} cannot be read. Use an older "
+                              f"checkpoint of the run (checkpoint-<step>/) or start a new run") from None
 
 
 def _fsync_dir(path: str) -> None:
@@ -33,6 +84,15 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_tree(folder: str) -> None:
+    """Flush every file under ``folder`` (and the folders themselves) to disk."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(root)
 
 
 def write_json_atomic(path: str, data: Any) -> None:
@@ -56,66 +116,228 @@ def _unshared(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def check_finite(state_dict: dict[str, torch.Tensor]) -> None:
+    """Refuse to write NaN/inf weights over a good checkpoint."""
+    bad = [name for name, value in state_dict.items() if value.is_floating_point() and not
+           bool(torch.isfinite(value).all())]
+    if bad:
+        raise RunError(f"not saving: {len(bad)} weight tensor(s) hold NaN/inf (first: {bad[0]}); the previous "
+                       f"checkpoint is kept. Lower --lr, check the data, or use --nan_policy skip")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------------------------------
+def new_temp_folder(folder: str) -> str:
+    """An empty ``.<name>.tmp*`` folder beside ``folder`` (same file system, so the final rename is atomic)."""
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the checkpoint gets the usual permissions
+    return tmp
+
+
+def write_checkpoint_files(tmp: str, state_dict: dict[str, torch.Tensor], run_config: dict,
+                           training_state: Optional[dict] = None,
+                           write_assets: Optional[Callable[[str], None]] = None) -> None:
+    """Our files of a checkpoint into ``tmp``: weights, run config, training state, assets (e.g. a tokenizer)."""
+    check_finite(state_dict)
+    save_file(_unshared(state_dict), os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
+    with open(os.path.join(tmp, CONFIG_FILE), "w") as fh:
+        json.dump(run_config, fh, indent=2, default=str)
+    if training_state is not None:
+        torch.save(training_state, os.path.join(tmp, STATE_FILE))
+    if write_assets is not None:
+        write_assets(tmp)
+
+
+def commit_folder(tmp: str, folder: str) -> str:
+    """fsync ``tmp`` and rename it to ``folder``; an existing ``folder`` is replaced (moved aside, then removed)."""
+    _fsync_tree(tmp)
+    old = None
+    if os.path.lexists(folder):
+        old = f"{tmp}.old"
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    _fsync_dir(os.path.dirname(os.path.abspath(folder)))
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
 def save_checkpoint(folder: str, state_dict: dict[str, torch.Tensor], run_config: dict,
                     training_state: Optional[dict] = None, write_assets: Optional[Callable[[str], None]] = None) -> str:
     """Write a checkpoint folder atomically (temp folder, fsync, rename over the old one).
 
     ``write_assets(tmp_folder)`` adds files such as a tokenizer before the folder is swapped in.
     """
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp", dir=parent)
+    tmp = new_temp_folder(folder)
     try:
-        save_file(_unshared(state_dict), os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
-        with open(os.path.join(tmp, CONFIG_FILE), "w") as fh:
-            json.dump(run_config, fh, indent=2, default=str)
-        if training_state is not None:
-            torch.save(training_state, os.path.join(tmp, STATE_FILE))
-        if write_assets is not None:
-            write_assets(tmp)
-        for root, _, files in os.walk(tmp):
-            for name in files:
-                with open(os.path.join(root, name), "rb") as fh:
-                    os.fsync(fh.fileno())
-        old = None
-        if os.path.exists(folder):
-            old = f"{tmp}.old"
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        _fsync_dir(parent)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        write_checkpoint_files(tmp, state_dict, run_config, training_state, write_assets)
+        return commit_folder(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_resumable(accelerator, folder: str, state_dict: dict[str, torch.Tensor], run_config: dict,
+                   training_state: dict, write_assets: Optional[Callable[[str], None]] = None,
+                   keep: int = 0) -> str:
+    """A resumable checkpoint, written atomically by every process together.
+
+    accelerate's ``save_state`` writes the optimizer, scheduler, scaler and every process's RNG into the temporary
+    folder (the model weights are dropped by the hook ``make_accelerator`` registers; we write them ourselves, under
+    the unwrapped model's names and with tied weights kept, so inference reads the same file); the main process adds
+    our files, renames the folder into place, points ``last`` at it and keeps the newest ``keep`` checkpoints.
+    """
+    from accelerate.utils import broadcast_object_list
+    tmp = [new_temp_folder(folder) if accelerator.is_main_process else None]
+    broadcast_object_list(tmp)  # every process writes its RNG file into the same folder
+    tmp = tmp[0]
+    try:
+        check_finite(state_dict)  # on every process (DDP replicas are equal), so all of them stop together
+        accelerator.save_state(tmp)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_checkpoint_files(tmp, state_dict, run_config, training_state, write_assets)
+            commit_folder(tmp, folder)
+            point_last(folder)
+            rotate_checkpoints(os.path.dirname(os.path.abspath(folder)), keep)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    accelerator.wait_for_everyone()
     return folder
 
 
+def point_last(folder: str) -> None:
+    """Atomically make ``<run>/last`` a relative symlink to ``folder``. Where symlinks are not allowed, ``latest``
+    still finds the newest checkpoint by itself."""
+    run_dir = os.path.dirname(os.path.abspath(folder))
+    link, tmp_link = os.path.join(run_dir, LAST_LINK), os.path.join(run_dir, f".{LAST_LINK}.tmp{os.getpid()}")
+    try:
+        if os.path.lexists(tmp_link):
+            os.remove(tmp_link)
+        os.symlink(os.path.basename(folder), tmp_link)
+    except OSError:
+        return
+    if os.path.isdir(link) and not os.path.islink(link):  # a last/ folder from before step checkpoints
+        shutil.rmtree(link)
+    os.replace(tmp_link, link)
+    _fsync_dir(run_dir)
+
+
+def remove_stale_temp(run_dir: str) -> None:
+    """Temporary folders left by a save that was killed (never read: they start with a dot)."""
+    if not os.path.isdir(run_dir):
+        return
+    for name in os.listdir(run_dir):
+        if name.startswith(".") and ".tmp" in name:
+            path = os.path.join(run_dir, name)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+
+def step_checkpoints(run_dir: str) -> list[str]:
+    """Complete resumable checkpoints of a run, oldest first (by the time their state was written)."""
+    if not os.path.isdir(run_dir):
+        return []
+    found = [os.path.join(run_dir, d) for d in os.listdir(run_dir)
+             if d.startswith(CHECKPOINT_PREFIX) and is_resumable(os.path.join(run_dir, d))]
+    return sorted(found, key=lambda f: os.path.getmtime(os.path.join(f, STATE_FILE)))
+
+
+def rotate_checkpoints(run_dir: str, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoint-<step>/ folders (0 = keep all); best/ is not one of them."""
+    if keep <= 0:
+        return
+    for folder in step_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------------------------------
 def is_checkpoint(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, WEIGHTS_FILE)) and os.path.isfile(os.path.join(folder, CONFIG_FILE))
+
+
+def is_resumable(folder: str) -> bool:
+    return is_checkpoint(folder) and os.path.isfile(os.path.join(folder, STATE_FILE))
 
 
 def read_run_config(folder: str) -> dict:
     if not is_checkpoint(folder):
         raise UsageError(f"{folder!r} is not a checkpoint (expected {WEIGHTS_FILE} and {CONFIG_FILE} in it); "
                          f"pass a folder such as checkpoints/<run>/best")
-    with open(os.path.join(folder, CONFIG_FILE)) as fh:
-        return json.load(fh)
+    path = os.path.join(folder, CONFIG_FILE)
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is truncated or corrupt (not valid JSON: {str(exc)[:80]}); use another "
+                              f"checkpoint of the run") from None
 
 
 def load_weights(folder: str) -> dict[str, torch.Tensor]:
-    return load_file(os.path.join(folder, WEIGHTS_FILE))
+    path = os.path.join(folder, WEIGHTS_FILE)
+    try:
+        return load_file(path)
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path} is truncated or corrupt ({exc}); use another checkpoint of the run "
+                              f"(checkpoint-<step>/ or best/)") from None
 
 
 def load_training_state(folder: str) -> Optional[dict]:
     path = os.path.join(folder, STATE_FILE)
-    if not os.path.isfile(path):
-        return None
+    return safe_torch_load(path) if os.path.isfile(path) else None
+
+
+def verify_checkpoint(folder: str) -> None:
+    """Read every file of a checkpoint the safe way before any of it is used: the JSON, the safetensors header and
+    data size, every torch.save file with weights_only=True. Raises CheckpointError naming the first bad file."""
+    read_run_config(folder)
+    from safetensors import safe_open
     try:
-        return torch.load(path, weights_only=True)
-    except Exception as exc:  # pickle that would need arbitrary code
-        raise UsageError(f"{path} holds objects that cannot be loaded safely (weights_only=True): "
-                         f"{str(exc).splitlines()[0][:160]}; it was not written by this repo") from None
+        with safe_open(os.path.join(folder, WEIGHTS_FILE), "pt") as fh:  # checks the header against the file size
+            fh.keys()
+    except SafetensorError as exc:
+        raise CheckpointError(f"{os.path.join(folder, WEIGHTS_FILE)} is truncated or corrupt ({exc}); use another "
+                              f"checkpoint of the run") from None
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(PICKLE_SUFFIXES):
+            safe_torch_load(os.path.join(folder, name))
+
+
+def latest_checkpoint(run_dir: str) -> Optional[str]:
+    """The run's newest resumable checkpoint: what ``last`` points to, else the newest checkpoint-<step>/."""
+    link = os.path.join(run_dir, LAST_LINK)
+    if is_resumable(link):
+        return os.path.join(run_dir, os.readlink(link)) if os.path.islink(link) else link
+    found = step_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resume_folder(path: str, output_dir: str, run_name: Optional[str]) -> str:
+    """The folder ``--resume_from_checkpoint`` names: a checkpoint folder, a run folder, or ``latest`` (the newest
+    checkpoint of --run_name, or of the most recently saved run in output_dir)."""
+    if path != "latest":
+        folder = latest_checkpoint(path) if not is_checkpoint(path) and os.path.isdir(path) else path
+        if folder is None or not is_checkpoint(folder):
+            raise CheckpointError(f"--resume_from_checkpoint {path!r} is not a checkpoint (expected {WEIGHTS_FILE}, "
+                                  f"{CONFIG_FILE} and {STATE_FILE}); pass checkpoints/<run>/last, a "
+                                  f"checkpoints/<run>/checkpoint-<step> folder, or 'latest'")
+        return folder
+    runs = [os.path.join(output_dir, run_name)] if run_name else \
+        [os.path.join(output_dir, d) for d in os.listdir(output_dir)] if os.path.isdir(output_dir) else []
+    found = [f for f in (latest_checkpoint(r) for r in runs if os.path.isdir(r)) if f is not None]
+    if not found:
+        where = f"run {run_name!r} in {output_dir!r}" if run_name else f"any run in {output_dir!r}"
+        raise CheckpointError(f"--resume_from_checkpoint latest: no resumable checkpoint in {where}; pass --run_name "
+                              f"of the run to continue, or a checkpoint folder")
+    return max(found, key=lambda f: os.path.getmtime(os.path.join(f, STATE_FILE)))
 
 
 def checkpoint_settings(folder: str) -> Settings:
@@ -128,7 +350,7 @@ def find_runs(output_dir: str) -> list[str]:
         return []
     found = []
     for run in os.listdir(output_dir):
-        for sub in ("best", "last"):
+        for sub in (BEST_DIR, LAST_LINK):
             folder = os.path.join(output_dir, run, sub)
             if is_checkpoint(folder):
                 found.append(folder)

@@ -10,21 +10,24 @@ split without training and writes the same report beside the checkpoint (in ``ch
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from typing import Optional, Sequence
 
 import torch
 import yaml
+from accelerate.utils import set_seed
 
 import dummy_data
 from build_model import build_model, rebuild_from_checkpoint
-from checkpointing import load_weights, read_run_config, write_json_atomic
+from checkpointing import (BEST_DIR, commit_folder, is_checkpoint, load_weights, new_temp_folder, read_run_config,
+                           resume_folder, write_json_atomic)
 from inference import merge_with_checkpoint
 from language import hub_offline_mode
 from reporting import (SINGLE_VIEW, append_summary_row, environment_info, measure_speed, peak_memory,
                        reset_peak_memory, summary_row, timestamp)
 from settings import Settings, UsageError, resolve, run_cli, settings_from_dict
-from train_code import (caption_report, check_tracker_installed, classification_report, evaluate,
+from train_code import (caption_report, check_resume, check_tracker_installed, classification_report, evaluate,
                         generate_captions, make_accelerator, predict_batch, progress_enabled, train)
 from visualize_results import write_plots
 from VLoader import (SyntheticVideoDataset, build_datasets, make_loader, read_annotations, read_class_names,
@@ -65,25 +68,35 @@ def train_and_evaluate(cfg: Settings, explicit: set[str]) -> dict:
         raise UsageError(f"--fusion applies to per-frame (timm) backbones; {cfg.vision_model} models time itself. "
                          f"Drop --fusion or choose e.g. --vision_model vit_small_patch16_224")
     check_tracker_installed(cfg.report_to)
-    run_name = cfg.run_name or default_run_name(cfg)
-    run_dir = os.path.join(cfg.output_dir, run_name)
+    resume_from = resume_folder(cfg.resume_from_checkpoint, cfg.output_dir, cfg.run_name) \
+        if cfg.resume_from_checkpoint else None
+    run_dir = run_folder(cfg, resume_from)
+    run_name = os.path.basename(run_dir)
     accelerator = make_run_accelerator(cfg, run_dir)
     memory_from_start = reset_peak_memory(accelerator.device)
-    ensure_dataset(cfg)
+    with accelerator.main_process_first():  # the main process generates a missing dataset, the others wait
+        ensure_dataset(cfg)
     class_names = read_class_names(cfg.data_root)
+    if resume_from:  # before building anything: an unsafe, corrupt or incompatible checkpoint stops here
+        check_resume(cfg, resume_from, class_names, accelerator)
     caption_texts = [r["caption"] for r in read_annotations(cfg.data_root, "train")] if cfg.captioning else None
-    built = build_model(cfg, len(class_names), caption_texts=caption_texts)
+    set_seed(cfg.seed)  # the same initial weights on every process and in every run with this seed
+    built = build_model(cfg, len(class_names), caption_texts=caption_texts, verbose=accelerator.is_main_process)
     data = build_datasets(cfg, built.backbone.mean, built.backbone.std)
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "settings.yaml"), "w") as fh:
-        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+    if accelerator.is_main_process:
+        with open(os.path.join(run_dir, "settings.yaml"), "w") as fh:
+            yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+        if resume_from:
+            carry_best(resume_from, run_dir)
     start_trackers(accelerator, cfg, run_name, run_dir)
     run_config = dict(settings=cfg.to_dict(), model_info=built.info, class_names=class_names,
                       dataset=dict(name=cfg.dataset, root=cfg.data_root), torch_version=torch.__version__)
-    print(f"run folder: {run_dir} | train {len(data.train)} / val {len(data.val) if data.val else 0} / "
-          f"test {len(data.test)} clips | device {accelerator.device} | precision {cfg.mixed_precision}")
+    accelerator.print(f"run folder: {run_dir} | train {len(data.train)} / val {len(data.val) if data.val else 0} / "
+                      f"test {len(data.test)} clips | device {accelerator.device} | precision {cfg.mixed_precision}"
+                      + (f" | {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""))
     t0 = time.time()
-    result = train(cfg, built, data, run_dir, run_config, accelerator)
+    result = train(cfg, built, data, run_dir, run_config, accelerator, resume_from)
     train_seconds = time.time() - t0
 
     built.model.load_state_dict(load_weights(result.best_dir))  # test with the best checkpoint's weights
@@ -92,9 +105,37 @@ def train_and_evaluate(cfg: Settings, explicit: set[str]) -> dict:
     eval_json = evaluate_and_report(cfg, built.model, built.info, data.test, class_names, run_dir, run, accelerator,
                                     memory_from_start)
     if accelerator.is_main_process:
+        export(cfg, built.model, built.info, class_names)
         print(f"done in {train_seconds:.0f}s | best checkpoint: {result.best_dir} | last: {result.last_dir} | "
               f"metrics: {os.path.join(run_dir, 'metrics.jsonl')}")
     return eval_json
+
+
+def run_folder(cfg: Settings, resume_from: Optional[str]) -> str:
+    """<output_dir>/<run_name>; a resumed run without --run_name continues in its checkpoint's run folder."""
+    if resume_from and not cfg.run_name:
+        return os.path.dirname(os.path.normpath(resume_from))
+    return os.path.join(cfg.output_dir, cfg.run_name or default_run_name(cfg))
+
+
+def carry_best(resume_from: str, run_dir: str) -> None:
+    """A run resumed into a new folder takes the source run's best/ along, so its best/ is the best of the whole
+    run even when no later epoch beats it."""
+    source = os.path.join(os.path.dirname(os.path.normpath(resume_from)), BEST_DIR)
+    target = os.path.join(run_dir, BEST_DIR)
+    if is_checkpoint(source) and not os.path.exists(target):
+        tmp = new_temp_folder(target)
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        commit_folder(tmp, target)
+
+
+def export(cfg: Settings, model, info: dict, class_names: list) -> None:
+    """--export_dir: the model in the Hugging Face format (hf_export.py)."""
+    if not cfg.export_dir:
+        return
+    from hf_export import export_pretrained
+    written = export_pretrained(model, info, class_names, cfg, cfg.export_dir, merge_lora=cfg.merge_lora)
+    print(f"exported (Hugging Face format) to {cfg.export_dir}: {', '.join(written)}")
 
 
 def evaluate_checkpoint(cli: Settings, explicit: set[str]) -> dict:
@@ -122,8 +163,11 @@ def evaluate_checkpoint(cli: Settings, explicit: set[str]) -> dict:
     print(f"evaluating {folder} on {cfg.data_root} (test, {len(test_set)} clips) | device {accelerator.device}")
     run = dict(mode="eval_only", checkpoint=folder, checkpoint_epoch=run_config.get("epoch"), train_seconds=None,
                history=run_config.get("history", []))
-    return evaluate_and_report(cfg, built.model, run_config["model_info"], test_set, class_names, run_dir, run,
-                               accelerator, memory_from_start)
+    report = evaluate_and_report(cfg, built.model, run_config["model_info"], test_set, class_names, run_dir, run,
+                                 accelerator, memory_from_start)
+    if accelerator.is_main_process:
+        export(cfg, built.model, run_config["model_info"], class_names)
+    return report
 
 
 def checkpoint_to_evaluate(cli: Settings) -> str:
@@ -161,14 +205,15 @@ def evaluate_and_report(cfg: Settings, model, info: dict, test_set, class_names:
                         accelerator, memory_from_start: bool) -> dict:
     """Test metrics + speed + memory + environment -> <run_dir>/eval.json, a summary.csv row, plots, trackers."""
     model = model.to(accelerator.device).eval()
-    loader = make_loader(test_set, cfg.batch_size, False, cfg.num_workers, cfg.seed)
+    plain = make_loader(test_set, cfg.batch_size, False, cfg.num_workers, cfg.seed)
+    loader = accelerator.prepare(plain)  # sharded over the processes; evaluation gathers every clip once
     t0 = time.time()
     if cfg.captioning:
         headline, details, line = evaluate_captioner(cfg, model, loader, accelerator)
     else:
         headline, details, line = evaluate_classifier(cfg, model, loader, accelerator, class_names)
     eval_seconds = time.time() - t0
-    speed = measure_speed(lambda batch: predict_batch(model, batch, accelerator, cfg), next(iter(loader)),
+    speed = measure_speed(lambda batch: predict_batch(model, batch, accelerator, cfg), next(iter(plain)),
                           accelerator.device, cfg.speed_repeats)
     history = run["history"]
     report = dict(
@@ -221,7 +266,7 @@ def tracker_scalars(report: dict) -> dict[str, float]:
 
 def evaluate_classifier(cfg: Settings, model, loader, accelerator, class_names: list):
     """(headline numbers, per-class details, one summary line) on the loader's clips."""
-    test = evaluate(model, loader, accelerator, "test", progress_enabled(cfg))
+    test = evaluate(model, loader, accelerator, "test", progress_enabled(cfg) and accelerator.is_main_process)
     pairs = read_dataset_meta(cfg.data_root).get("reversal_pairs")
     report = classification_report(test["preds"], test["labels"], class_names, pairs)
     headline = dict(num_samples=test["num_samples"], top1=test["top1"], top5=test["top5"],
@@ -238,8 +283,9 @@ def evaluate_classifier(cfg: Settings, model, loader, accelerator, class_names: 
 
 def evaluate_captioner(cfg: Settings, model, loader, accelerator):
     """(headline numbers with the caption metrics, generation settings and captions, one summary line)."""
-    loss = evaluate(model, loader, accelerator, "test loss", progress_enabled(cfg))["loss"]
-    generated = generate_captions(model, loader, accelerator, cfg, "test captions", progress_enabled(cfg))
+    show = progress_enabled(cfg) and accelerator.is_main_process
+    loss = evaluate(model, loader, accelerator, "test loss", show)["loss"]
+    generated = generate_captions(model, loader, accelerator, cfg, "test captions", show)
     examples = [dict(video=v, generated=c, reference=r) for v, c, r in
                 zip(generated["video_ids"], generated["captions"], generated["references"])]
     headline = dict(num_samples=len(examples), loss=loss, **caption_report(generated))

@@ -28,6 +28,10 @@ class UsageError(Exception):
     """A mistake by the user (flag, YAML, value, combination). Printed as one line; exit code 2."""
 
 
+class RunError(Exception):
+    """A run that stopped on purpose (e.g. a non-finite loss) and says why and what to do. One line; exit code 1."""
+
+
 def _opt(default, help: str, choices: Optional[Callable[[], Sequence[str]] | Sequence[str]] = None,
          minimum: Optional[float] = None, maximum: Optional[float] = None, group: str = "train"):
     """A dataclass field with CLI metadata. ``choices`` may be a callable so registries stay the single source."""
@@ -132,7 +136,17 @@ class Settings:
     device: str = _opt("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"), group=RUNTIME)
     output_dir: str = _opt("checkpoints", "where runs are written: <output_dir>/<run_name>/", group=RUNTIME)
     run_name: Optional[str] = _opt(None, "run folder name; default: <vision_model>-<fusion>-<time>", group=RUNTIME)
-    resume_from_checkpoint: Optional[str] = _opt(None, "a checkpoint folder, or 'latest' in this run's folder")
+    resume_from_checkpoint: Optional[str] = _opt(None, "continue a run exactly: a checkpoint folder "
+                                                 "(<run>/checkpoint-<step>, <run>/last), or 'latest' (the newest "
+                                                 "checkpoint of --run_name, else of the newest run in --output_dir)")
+    save_steps: int = _opt(0, "also save a resumable checkpoint every N optimizer steps (0 = at epoch ends only)",
+                           minimum=0)
+    save_total_limit: int = _opt(2, "resumable checkpoints kept per run (the newest K; best/ is kept besides; "
+                                 "0 = keep all)", minimum=0)
+    nan_policy: str = _opt("stop", "a non-finite training loss: stop (before the update, keeping the last good "
+                           "checkpoint) or skip the batch and count it", choices=("stop", "skip"))
+    deterministic: bool = _opt(False, "torch.use_deterministic_algorithms during training (reproducible runs and "
+                               "exact resume on GPU; slower)")
     quiet: bool = _opt(False, "no progress bars", group=RUNTIME)
     # --- inference ---------------------------------------------------------------------------------------------
     video_dir: Optional[str] = _opt(None, "inference input: one frame folder or a folder of them", group=RUNTIME)
@@ -158,6 +172,11 @@ class Settings:
     report_to: str = _opt("none", "also log metrics to a tracker through accelerate: tensorboard (pip install "
                           "tensorboard) or wandb (pip install wandb); metrics.jsonl is always written",
                           choices=("none", "tensorboard", "wandb"), group=RUNTIME)
+    export_dir: Optional[str] = _opt(None, "after training (or --eval_only) write the model in the Hugging Face "
+                                     "format: config.json, model.safetensors, video processor, id2label (LoRA runs: "
+                                     "adapter/ too, unless --merge_lora)", group=RUNTIME)
+    merge_lora: bool = _opt(False, "--export_dir of a LoRA run: merge the adapters into the weights instead of "
+                            "writing them apart", group=RUNTIME)
     speed_repeats: int = _opt(5, "timed runs (after 2 warm-up runs) for the latency and throughput in eval.json; "
                               "0 = do not time", minimum=0, group=RUNTIME)
 
@@ -325,6 +344,12 @@ def validate(cfg: Settings) -> Settings:
                          "(LoRA trains adapters inside the backbone); choose one")
     if cfg.image_size % 2:
         raise UsageError(f"--image_size must be even, got {cfg.image_size}")
+    if cfg.export_dir and cfg.use_vlm:
+        raise UsageError("--export_dir writes the video classifiers (no --use_vlm) in the Hugging Face format; a "
+                         "vision + language checkpoint already carries its tokenizer and runs with inference.py. "
+                         "Drop --export_dir")
+    if cfg.merge_lora and not cfg.export_dir:
+        raise UsageError("--merge_lora True applies to --export_dir; add --export_dir DIR or drop --merge_lora")
     return cfg
 
 
@@ -396,7 +421,10 @@ def run_cli(main_fn: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Se
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    except RunError as exc:
+        print(f"{prog}: stopped: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:  # Ctrl-C, or train_code.TrainingInterrupted (SIGINT/SIGTERM after a save)
+        print(f"{prog}: interrupted" + (f": {exc}" if str(exc) else ""), file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
     return 0
