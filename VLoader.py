@@ -154,16 +154,32 @@ def clip_indices(spec: ClipSpec, num_available: int, clip: int = 0) -> list[int]
 # ----------------------------------------------------------------------------------------------------------------
 # transforms (pure tensor functions, except the training view's random draws)
 # ----------------------------------------------------------------------------------------------------------------
-def _as_float_rgb(video: torch.Tensor) -> torch.Tensor:
-    """uint8 (or float in [0, 1]) [T, C, H, W], C = 1 or 3 -> float [T, 3, H, W] in [0, 1]."""
+def _check_video(video: torch.Tensor) -> None:
     if video.dim() != 4 or video.shape[1] not in (1, 3):
         raise ValueError(f"expected a video [T, C, H, W] with C = 1 or 3, got shape {tuple(video.shape)}")
-    video = video.float() / 255.0 if video.dtype == torch.uint8 else video.float()
-    return video.expand(-1, 3, -1, -1) if video.shape[1] == 1 else video
+
+
+def _as_float01(video: torch.Tensor) -> torch.Tensor:
+    """uint8 (or float in [0, 1]) [T, C, H, W] -> float in [0, 1] (for the resizes, which work in float)."""
+    return video.float() / 255.0 if video.dtype == torch.uint8 else video.float()
+
+
+def normalise(views: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (0..255) or float (0..1) [..., C, H, W], C = 1 or 3 -> a new float32 [..., 3, H, W] tensor,
+    (x - mean) / std per channel.
+
+    Written out rather than torchvision's ``normalize`` after a ``/ 255`` copy: one multiply that converts the
+    (already cropped) uint8 pixels, scales them and broadcasts grey to RGB, then one in-place subtraction
+    (0.28 against 0.39 ms for an 8 x 112^2 clip here); cached clips spend most of their time in transforms.
+    """
+    scale = 255.0 if views.dtype == torch.uint8 else 1.0
+    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    shift = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
+    return torch.mul(views, 1.0 / (std_t * scale)).sub_(shift)  # uint8 * float32 -> float32 [..., 3, H, W]
 
 
 def _resize_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
-    return TF.resize(video, [size], antialias=True) if min(video.shape[-2:]) != size else video
+    return TF.resize(_as_float01(video), [size], antialias=True) if min(video.shape[-2:]) != size else video
 
 
 def crop_offsets(height: int, width: int, size: int, crops: int) -> list[tuple[int, int]]:
@@ -179,35 +195,37 @@ def crop_offsets(height: int, width: int, size: int, crops: int) -> list[tuple[i
 
 def eval_views(video: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float],
                crops: int = 1) -> torch.Tensor:
-    """uint8 [T, C, H, W] -> float [crops, T, 3, S, S]: short side resized to S, ``crops`` squares, normalised."""
-    video = _resize_short_side(_as_float_rgb(video), image_size)  # [T, 3, H', W'], min(H', W') = S
+    """uint8 (or float in [0, 1]) [T, C, H, W] -> float [crops, T, 3, S, S]: short side resized to S (skipped when
+    it already is, as for decoded video files), ``crops`` squares, normalised."""
+    _check_video(video)
+    video = _resize_short_side(video, image_size)  # [T, C, H', W'], min(H', W') = S
     h, w = video.shape[-2:]
     views = torch.stack([video[..., top:top + image_size, left:left + image_size]
-                         for top, left in crop_offsets(h, w, image_size, crops)])  # [crops, T, 3, S, S]
-    return TF.normalize(views, list(mean), list(std))
+                         for top, left in crop_offsets(h, w, image_size, crops)])  # [crops, T, C, S, S]
+    return normalise(views, mean, std)
 
 
 def preprocess_video(video: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]
                      ) -> torch.Tensor:
-    """uint8 (or float in [0, 1]) [T, C, H, W] -> float32 [T, C, S, S]: resize short side, centre crop, normalise."""
+    """uint8 (or float in [0, 1]) [T, C, H, W] -> float32 [T, 3, S, S]: resize short side, centre crop, normalise."""
     return eval_views(video, image_size, mean, std, crops=1)[0]
 
 
 def train_view(video: torch.Tensor, spec: ClipSpec) -> torch.Tensor:
     """uint8 [T, C, H, W] -> float [T, 3, S, S]: the training crop (random resized, or the centre) and flip, one
     draw for the whole clip so motion stays coherent."""
-    video = _as_float_rgb(video)
+    _check_video(video)
     size = spec.image_size
     if spec.random_crop:
         top, left, h, w = RandomResizedCrop.get_params(video, [spec.crop_scale_min, 1.0], list(CROP_RATIO))
-        video = TF.resized_crop(video, top, left, h, w, [size, size], antialias=True)
+        video = TF.resized_crop(_as_float01(video), top, left, h, w, [size, size], antialias=True)
     else:
         video = _resize_short_side(video, size)
         top, left = crop_offsets(*video.shape[-2:], size, 1)[0]
         video = video[..., top:top + size, left:left + size]
     if spec.flip and torch.rand(()).item() < 0.5:
         video = TF.horizontal_flip(video)
-    return TF.normalize(video, list(spec.mean), list(spec.std))
+    return normalise(video, spec.mean, spec.std)
 
 
 def natural_key(text: str) -> list:

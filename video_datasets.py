@@ -101,6 +101,25 @@ class FileIndex:
         return os.path.join(self.root, folder, name) if name else None
 
 
+def read_video_list(path: str, files: FileIndex, label_of: Callable[[str, list[str], int], int]) -> list[VideoItem]:
+    """A split list, one ``<class>/<video>`` (plus optional columns) per line -> the listed videos on disk.
+    ``label_of(relpath, columns, line_number)`` gives the 0-based label or raises UsageError for a bad line.
+    Listed files that are not on disk are named in one warning and left out; none left is an error."""
+    items, missing = [], []
+    for n, text in read_list(path):
+        columns = text.split()
+        relpath = columns[0].replace("\\", "/")
+        label = label_of(relpath, columns, n)
+        resolved = files.resolve(relpath)
+        if resolved is None:
+            missing.append(relpath)
+        else:
+            items.append(VideoItem(resolved, label, relpath))
+    warn_missing(missing, path, files.root)
+    check_not_empty(items, missing, path, files.root)
+    return items
+
+
 def check_root(root: str) -> str:
     if not os.path.isdir(root):
         raise UsageError(f"--data_root {root!r} does not exist or is not a folder; pass the folder that holds the "
@@ -169,31 +188,25 @@ def _parse_label(text: str, path: str, n: int, num_classes: int) -> int:
     return label - 1
 
 
-def read_ucf101_list(path: str, class_names: list[str], files: FileIndex) -> tuple[list[VideoItem], list[str]]:
-    """A train or test list -> (items on disk, listed paths not on disk). Labels from the folder part of each
-    path; a label column (trainlist) is checked against it."""
+def read_ucf101_list(path: str, class_names: list[str], files: FileIndex) -> list[VideoItem]:
+    """A train or test list -> its videos on disk. Labels from the folder part of each path; a label column
+    (trainlist) is checked against it."""
     lookup = {c.lower(): i for i, c in enumerate(class_names)}
-    items, missing = [], []
-    for n, text in read_list(path):
-        parts = text.split()
-        relpath = parts[0].replace("\\", "/")
+
+    def label_of(relpath: str, columns: list[str], n: int) -> int:
         folder = relpath.split("/")[0]
         label = lookup.get(folder.lower())
         if label is None or "/" not in relpath:
             raise UsageError(f"{path} line {n}: {relpath!r} does not start with a class of classInd.txt "
                              f"(expected '<ClassName>/<video>.avi')")
-        if len(parts) > 1 and _parse_label(parts[1], path, n, len(class_names)) != label:
-            raise UsageError(f"{path} line {n}: label {parts[1]} ({class_names[int(parts[1]) - 1]}) disagrees with "
-                             f"the folder {folder!r} of {relpath!r}")
+        if len(columns) > 1 and _parse_label(columns[1], path, n, len(class_names)) != label:
+            raise UsageError(f"{path} line {n}: label {columns[1]} ({class_names[int(columns[1]) - 1]}) disagrees "
+                             f"with the folder {folder!r} of {relpath!r}")
         if files.folder(folder) is None:
             raise UsageError(f"class {class_names[label]!r} ({path} line {n}) has no folder under "
                              f"{files.root!r}; is --data_root the unpacked UCF-101 folder?")
-        resolved = files.resolve(relpath)
-        if resolved is None:
-            missing.append(relpath)
-        else:
-            items.append(VideoItem(resolved, label, relpath))
-    return items, missing
+        return label
+    return read_video_list(path, files, label_of)
 
 
 def ucf101_class_names(cfg) -> list[str]:
@@ -209,11 +222,7 @@ def ucf101_lists(cfg) -> dict[str, list[VideoItem]]:
     files = FileIndex(root)
     lists = {}
     for part, name in (("train", f"trainlist0{cfg.split}.txt"), ("test", f"testlist0{cfg.split}.txt")):
-        path = split_file(folder, name)
-        items, missing = read_ucf101_list(path, class_names, files)
-        warn_missing(missing, path, root)
-        check_not_empty(items, missing, path, root)
-        lists[part] = items
+        lists[part] = read_ucf101_list(split_file(folder, name), class_names, files)
     check_every_class_trains(lists["train"], class_names, f"trainlist0{cfg.split}.txt")
     return lists
 
@@ -281,21 +290,14 @@ def _given_lists(cfg, root: str, class_names: list[str]) -> dict[str, list[Video
         path = os.path.join(cfg.split_dir, name)
         if part == "val" and not os.path.isfile(path):
             continue
-        items, missing = [], []
-        for n, text in read_list(split_file(cfg.split_dir, name)):
-            relpath = text.split()[0].replace("\\", "/")
+
+        def label_of(relpath: str, columns: list[str], n: int, path=path) -> int:
             label = lookup.get(relpath.split("/")[0].lower())
             if label is None:
                 raise UsageError(f"{path} line {n}: {relpath!r} is not in a class folder of {root!r} (classes: "
                                  f"{named(class_names)})")
-            resolved = files.resolve(relpath)
-            if resolved is None:
-                missing.append(relpath)
-            else:
-                items.append(VideoItem(resolved, label, relpath))
-        warn_missing(missing, path, root)
-        check_not_empty(items, missing, path, root)
-        lists[part] = items
+            return label
+        lists[part] = read_video_list(split_file(cfg.split_dir, name), files, label_of)
     check_every_class_trains(lists["train"], class_names, os.path.join(cfg.split_dir, "train.txt"))
     return lists
 
