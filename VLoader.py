@@ -276,7 +276,8 @@ class BadVideoLog:
         if warn:
             action = "skipped (another video takes its place in the batch)" if self.policy == "skip" else \
                 "left out of the metrics and listed as bad"
-            print(f"warning: cannot read {video_id}: {reason}; {action}", file=sys.stderr, flush=True)
+            named = reason if video_id in reason else f"{video_id}: {reason}"  # a VideoError names the path
+            print(f"warning: cannot read {named}; {action}", file=sys.stderr, flush=True)
         if self.policy == "skip":
             self.check()
 

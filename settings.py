@@ -120,8 +120,8 @@ class Settings:
     max_caption_tokens: int = _opt(32, "caption tokens learned per video (longer captions are truncated)",
                                    minimum=1, maximum=512, group=MODEL)
     # --- data --------------------------------------------------------------------------------------------------
-    dataset: str = _opt("synthetic", "training data: synthetic (.pt, generated if missing), ucf101 (official splits) or "
-                        "videofolder (<data_root>/<class>/<video>)", choices=_dataset_choices, group=DATA)
+    dataset: str = _opt("synthetic", "training data: synthetic (.pt, generated if missing), ucf101 (official splits) "
+                        "or videofolder (<data_root>/<class>/<video>)", choices=_dataset_choices, group=DATA)
     data_root: str = _opt("synthetic_dataset", "dataset folder; the synthetic one is generated if missing, for ucf101 "
                           "the unpacked UCF-101/ folder", group=DATA)
     split: int = _opt(1, "ucf101: official split 1, 2 or 3", minimum=1, maximum=3, group=DATA)
@@ -147,9 +147,9 @@ class Settings:
                                     "per video and size); later epochs and runs read them instead of decoding",
                                     group=RUNTIME)
     # --- training ----------------------------------------------------------------------------------------------
-    train_crop: str = _opt("auto", "training crop: random_resized (RandomResizedCrop), center, or auto = random_resized "
-                           "for video files, center for the synthetic dataset", choices=("auto", "random_resized",
-                                                                                          "center"))
+    train_crop: str = _opt("auto", "training crop: random_resized (RandomResizedCrop), center, or auto = "
+                           "random_resized for video files, center for the synthetic dataset",
+                           choices=("auto", "random_resized", "center"))
     crop_scale_min: float = _opt(0.25, "random_resized: smallest share of the frame area a training crop keeps",
                                  minimum=0.01, maximum=1.0)
     horizontal_flip: Optional[bool] = _opt(None, "flip half the training clips left-right; none = on for video files, "

@@ -326,7 +326,7 @@ class VideoFileDataset(ClipDataset):
             except VideoError as exc:
                 if policy == "skip":
                     skipped.append(dict(video=item.video_id, reason=str(exc)))
-                    print(f"warning: cannot read {item.video_id}: {exc}; skipped", file=sys.stderr, flush=True)
+                    print(f"warning: cannot read {exc}; skipped", file=sys.stderr, flush=True)  # exc names the file
                     continue
                 meta = None
                 unreadable.append((len(self.items), str(exc)))
