@@ -356,9 +356,11 @@ class ClipDataset(Dataset):
         clips = frames.unflatten(0, (num_clips, spec.num_frames))  # [N, T, C, H, W]
         if spec.train:
             pixel_values = train_view(clips[0], spec)  # [T, 3, S, S]
+        elif spec.views == 1:
+            pixel_values = eval_views(clips[0], spec.image_size, spec.mean, spec.std)[0]  # [T, 3, S, S]
         else:
-            views = torch.cat([eval_views(c, spec.image_size, spec.mean, spec.std, spec.crops) for c in clips])
-            pixel_values = views[0] if len(views) == 1 else views  # [T, 3, S, S] or [V, T, 3, S, S]
+            pixel_values = torch.cat([eval_views(c, spec.image_size, spec.mean, spec.std, spec.crops)
+                                      for c in clips])  # [V, T, 3, S, S]
         return dict(pixel_values=pixel_values, **self.fields(i))
 
     def _placeholder(self, i: int) -> dict:
