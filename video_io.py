@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Iterator, Optional, Sequence
@@ -303,11 +304,18 @@ class FrameCache:
     with ``os.replace`` (atomic), so DataLoader workers and concurrent runs never read a half-written file; two
     workers that miss on the same video both decode it and the second rename wins with identical bytes.
     A cache file that does not load or does not match the video's frame count is decoded and written again.
+    Each process keeps the last :data:`OPEN_FILES` maps open.
     """
+
+    OPEN_FILES = 64  # memory maps kept open per process (opening one costs about as much as reading a clip)
 
     def __init__(self, root: str):
         self.root = root
         os.makedirs(root, exist_ok=True)
+        self._open: OrderedDict[str, np.ndarray] = OrderedDict()  # file -> memory map, least recently used first
+
+    def __getstate__(self) -> dict:  # DataLoader workers start with no open maps (a pickled map would be a copy)
+        return dict(self.__dict__, _open=OrderedDict())
 
     def path_for(self, path: str, size: tuple[int, int]) -> str:
         st = os.stat(path)
@@ -320,11 +328,21 @@ class FrameCache:
              stats: Optional[DecodeStats] = None) -> np.ndarray:
         """Frames ``indices`` as uint8 [len(indices), H, W, 3], from the cache or decoded (and then stored)."""
         file = self.path_for(path, size)
-        frames = self._load(file, index.num_frames, size)
+        frames = self._open.get(file)
         if frames is None:
-            frames = read_frames(path, index, range(index.num_frames), size, stats)  # [N, H, W, 3]
-            self._store(file, frames)
+            frames = self._load(file, index.num_frames, size)
+            if frames is None:
+                frames = read_frames(path, index, range(index.num_frames), size, stats)  # [N, H, W, 3]
+                self._store(file, frames)
+            self._remember(file, frames)
+        self._open.move_to_end(file)
         return np.ascontiguousarray(frames[np.asarray(indices, dtype=np.int64)])
+
+    def _remember(self, file: str, frames: np.ndarray) -> None:
+        """Keep the map (a stored file never changes: its name is its content's identity)."""
+        self._open[file] = frames
+        while len(self._open) > self.OPEN_FILES:
+            self._open.popitem(last=False)
 
     @staticmethod
     def _load(file: str, num_frames: int, size: tuple[int, int]) -> Optional[np.ndarray]:

@@ -19,7 +19,9 @@ Dataset iterated by a torch DataLoader (batch 8) with 0 and 2 workers:
 * (b) decode every frame, then pick the 8.
 
 Each repetition runs one epoch of every method, interleaved, after one warm-up epoch each; clips/s is the median
-over repetitions and every ratio is the median of the per-repetition ratios. Cache: ours with a ``FrameCache``:
+over repetitions and every ratio is the median of the per-repetition ratios. Every ratio is also given in CPU
+time (this process, its decoder threads and its DataLoader workers, via psutil): on a machine shared with other
+jobs, wall-clock ratios swing with their load, CPU-time ratios much less. Cache: ours with a ``FrameCache``:
 the first (filling) epoch decodes whole videos and writes them, later epochs read them; compared with uncached
 epochs of ours in the same repetitions. Also reported: the one-time index cost per video, and how many clips of
 (a) returned frames other than the ones asked for (compared with decoding everything).
@@ -35,6 +37,7 @@ import time
 
 import av
 import numpy as np
+import psutil
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -153,15 +156,30 @@ def loader(dataset: Dataset, workers: int, batch_size: int) -> DataLoader:
                       persistent_workers=workers > 0)
 
 
-def epoch_seconds(data: DataLoader) -> float:
-    t0 = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads, FFmpeg's included) and of its live children (DataLoader
+    workers): unlike wall time, barely changed by other programs competing for the cores."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def epoch_seconds(data: DataLoader) -> tuple[float, float]:
+    """(wall, CPU) seconds of one pass over ``data``."""
+    cpu, t0 = cpu_seconds(), time.perf_counter()
     for _ in data:
         pass
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, cpu_seconds() - cpu
 
 
 def compare(datasets: dict[str, Dataset], workers: int, repeats: int, batch_size: int) -> dict:
-    """clips/s of every dataset (interleaved epochs after a warm-up each) and per-repetition ratios to 'ours'."""
+    """clips/s (wall) and clips per CPU second of every dataset (interleaved epochs after a warm-up each), and
+    the per-repetition ratios of 'ours' to each other one (median), in both."""
     loaders = {name: loader(ds, workers, batch_size) for name, ds in datasets.items()}
     for data in loaders.values():
         epoch_seconds(data)  # warm-up: worker start-up, file cache, first-use costs
@@ -170,10 +188,15 @@ def compare(datasets: dict[str, Dataset], workers: int, repeats: int, batch_size
         for name, data in loaders.items():
             times[name].append(epoch_seconds(data))
     n = len(next(iter(datasets.values())))
-    result = {f"{name}_clips_per_s": n / statistics.median(t) for name, t in times.items()}
+    result = {}
+    for name, t in times.items():
+        result[f"{name}_clips_per_s"] = n / statistics.median(wall for wall, _ in t)
+        result[f"{name}_clips_per_cpu_s"] = n / statistics.median(cpu for _, cpu in t)
     for name in times:
         if name != "ours":
-            result[f"ours_vs_{name}"] = statistics.median(b / a for a, b in zip(times["ours"], times[name]))
+            for k, what in ((0, ""), (1, "_cpu")):
+                result[f"ours_vs_{name}{what}"] = statistics.median(b[k] / a[k] for a, b in zip(times["ours"],
+                                                                                              times[name]))
     return result
 
 
@@ -194,10 +217,11 @@ def cache_comparison(paths: list[str], spec: ClipSpec, workers: int, repeats: in
                      cache_dir: str) -> dict:
     """Ours uncached vs ours cached (after a filling epoch), interleaved; the filling epoch timed on its own."""
     cached = loader(ours(paths, spec, cache_dir), workers, batch_size)
-    fill = epoch_seconds(cached)  # decodes whole videos and writes them (cold cache only on the first call)
+    fill, _ = epoch_seconds(cached)  # decodes whole videos and writes them (cold cache only on the first call)
     result = compare(dict(ours=ours(paths, spec), cached=ours(paths, spec, cache_dir)), workers, repeats, batch_size)
     result = dict(uncached_clips_per_s=result["ours_clips_per_s"], cached_clips_per_s=result["cached_clips_per_s"],
-                  cached_vs_uncached=1 / result["ours_vs_cached"], first_epoch_clips_per_s=len(paths) / fill)
+                  cached_vs_uncached=1 / result["ours_vs_cached"],
+                  cached_vs_uncached_cpu=1 / result["ours_vs_cached_cpu"], first_epoch_clips_per_s=len(paths) / fill)
     del cached
     return result
 
@@ -232,9 +256,10 @@ def main(argv=None) -> dict:
                                           decode_all=DecodeAll(paths, spec)), workers, args.repeats, args.batch_size))
                 results["rows"].append(row)
                 print(f"[{group}, {workers} workers] ours {row['ours_clips_per_s']:.1f} clips/s | bare seek "
-                      f"{row['bare_seek_clips_per_s']:.1f} ({row['ours_vs_bare_seek']:.2f}x) | decode all "
-                      f"{row['decode_all_clips_per_s']:.1f} ({row['ours_vs_decode_all']:.2f}x) | bare seek wrong "
-                      f"frames in {wrong}/{len(paths)} clips", flush=True)
+                      f"{row['bare_seek_clips_per_s']:.1f} ({row['ours_vs_bare_seek']:.2f}x, CPU "
+                      f"{row['ours_vs_bare_seek_cpu']:.2f}x) | decode all {row['decode_all_clips_per_s']:.1f} "
+                      f"({row['ours_vs_decode_all']:.2f}x, CPU {row['ours_vs_decode_all_cpu']:.2f}x) | bare seek "
+                      f"wrong frames in {wrong}/{len(paths)} clips | ours exact: {exact}", flush=True)
         for workers in args.workers:
             cache_dir = os.path.join(folder, f"cache_{workers}")
             row = dict(workers=workers, videos=len(every),
@@ -244,7 +269,8 @@ def main(argv=None) -> dict:
             results["cache"].append(row)
             print(f"[cache, {workers} workers] uncached {row['uncached_clips_per_s']:.1f} clips/s | first epoch "
                   f"{row['first_epoch_clips_per_s']:.1f} | cached {row['cached_clips_per_s']:.1f} "
-                  f"({row['cached_vs_uncached']:.1f}x) | {row['cache_mib']:.0f} MiB on disk", flush=True)
+                  f"({row['cached_vs_uncached']:.1f}x, CPU {row['cached_vs_uncached_cpu']:.1f}x) | "
+                  f"{row['cache_mib']:.0f} MiB on disk", flush=True)
     print(f"index (probe) per video: {results['index_ms_per_video']:.2f} ms, once per dataset")
     if args.json:
         write_json_atomic(args.json, results)

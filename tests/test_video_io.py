@@ -103,9 +103,9 @@ def test_cache_key_changes_with_everything_that_changes_the_frames(videos, tmp_p
     index = probe_video(path)
     stored = cache.path_for(path, (16, 22))
     cache.read(path, index, [0], (16, 22))
-    with open(stored, "wb") as fh:  # a damaged cache file is decoded and written again
-        fh.write(b"not numpy")
-    assert frame_numbers(cache.read(path, index, [4, 7], (16, 22))) == [4, 7]
+    with open(stored, "wb") as fh:  # damaged from outside: the next cache that opens it decodes and writes it
+        fh.write(b"not numpy")  # again (our writes never change a stored file in place: they rename a new one)
+    assert frame_numbers(FrameCache(str(tmp_path)).read(path, index, [4, 7], (16, 22))) == [4, 7]
     assert np.load(stored).shape == (10, 16, 22, 3)
 
 
