@@ -1,66 +1,392 @@
-"""Datasets, frame sampling and transforms.
+"""Datasets, frame sampling, test views and transforms.
 
 Kept apart, as in PyTorchVideo / MMAction2:
-* sampling (:func:`sample_frame_indices`) is a pure function of (frames available, frames wanted);
-* transforms (:func:`preprocess_video`) are pure tensor functions: uint8 [T, C, H, W] -> normalised float;
-* datasets only find files, read them, and call the two.
+* sampling (:func:`segment_indices`, :func:`dense_indices`, :func:`clip_indices`) is a pure function of (frames
+  available, frames wanted, position in the video);
+* transforms (:func:`preprocess_video`, :func:`eval_views`, :func:`train_view`) are tensor functions:
+  uint8 [T, C, H, W] -> normalised float;
+* datasets only find and read frames (synthetic .pt files and frame folders here, video files in
+  ``video_datasets.py``); the shared base :class:`ClipDataset` turns what they read into model input.
 
-Frame-count policy: a clip is always resampled to exactly ``num_frames`` frames by uniform sampling at segment
-centres, ``index_i = floor((i + 0.5) * n / T)``. A longer video keeps T evenly spaced frames; a shorter one repeats
-frames in order (each about T / n times, nearest-neighbour in time), never padding with black frames.
+Temporal sampling (``--sampling``; n = frames in the video, T = ``--num_frames``):
+
+* ``uniform``: T equal segments, frame ``floor((i + p) * n / T)`` of segment i with p = 0.5 (the centres).
+* ``segment`` (TSN): the same segments; training draws one offset p_i ~ U[0, 1) per segment (a random frame in
+  every segment), evaluation takes the centres (then it equals ``uniform``).
+* ``dense``: T frames ``--frame_stride`` apart, ``start + j * stride``; training draws the start uniformly,
+  evaluation centres the clip.
+* Test clips (``--test_clips N``): clip k uses position p = (k + 0.5) / N instead of the centre: uniform and
+  segment shift the frame inside every segment, dense spreads the N starts evenly over the video.
+* Short videos: with n < T, uniform and segment repeat frames in order (each about T / n times, nearest
+  neighbour in time). A dense clip that does not fit (n < (T - 1) * stride + 1) covers the whole video with
+  uniform sampling at the same position instead (the stride shrinks; frames repeat only when n < T). Never black
+  padding, never a jump back in time. A video with 0 frames never produces a sample (see bad videos below).
+
+Spatial views: evaluation resizes the short side to ``--image_size`` and takes the centre square
+(``--test_crops 1``) or three squares at the start, centre and end of the long side (``--test_crops 3``).
+Training (``--train_crop random_resized``) takes one crop of [``--crop_scale_min``, 1] of the frame area with
+aspect ratio in [3/4, 4/3] (torchvision's ``RandomResizedCrop`` parameters), the same for every frame of the clip,
+resized to the square; ``--horizontal_flip`` flips the whole clip with p = 0.5. Random draws use torch's RNG, which
+the DataLoader seeds per worker from ``--seed`` (numpy's global RNG would repeat across workers).
+
+Bad videos (:class:`BadVideoLog`): a video that cannot be read is marked in a shared-memory flag tensor, so the
+main process sees what DataLoader workers found. Policy ``skip`` (training): warn naming it, use the next good
+video in its place, and stop with :class:`TooManyBadVideos` once more than ``--max_bad_video_fraction`` of the
+videos failed. Policy ``report`` (evaluation, inference): the item becomes a placeholder the caller leaves out of
+every metric and lists as bad; nothing is replaced.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
-from dataclasses import dataclass
-from typing import Optional, Sequence
+import sys
+from collections import Counter
+from dataclasses import dataclass, fields, replace
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
+from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
+from settings import UsageError
+from video_io import VideoError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-FRAME_LABELS_FILE = "labels.json"  # optional {video_name: class_name} beside exported frame folders
+FRAME_LABELS_FILE = "labels.json"  # optional {video_name: class_name} beside exported frame folders or videos
 FRAME_TEXTS_FILE = "texts.json"  # optional {video_name: text hint}
 FRAME_CAPTIONS_FILE = "captions.json"  # optional {video_name: reference caption}
+SAMPLINGS = ("uniform", "segment", "dense")
+CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratios a training crop may have (torchvision's default)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# sampling and transforms (pure)
+# temporal sampling (pure)
 # ----------------------------------------------------------------------------------------------------------------
-def sample_frame_indices(num_available: int, num_frames: int) -> list[int]:
-    """Uniform sampling at segment centres. Returns ``num_frames`` indices into [0, num_available)."""
+def _check_counts(num_available: int, num_frames: int) -> None:
     if num_available < 1:
         raise ValueError("cannot sample frames from a video with 0 frames")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    return [min(int((i + 0.5) * num_available / num_frames), num_available - 1) for i in range(num_frames)]
+
+
+def segment_indices(num_available: int, num_frames: int, offsets: Sequence[float]) -> list[int]:
+    """T equal segments of the video; frame ``floor((i + offsets[i]) * n / T)`` of segment i, offsets in [0, 1)."""
+    _check_counts(num_available, num_frames)
+    if len(offsets) != num_frames:
+        raise ValueError(f"expected {num_frames} segment offsets, got {len(offsets)}")
+    return [min(int((i + o) * num_available / num_frames), num_available - 1) for i, o in enumerate(offsets)]
+
+
+def sample_frame_indices(num_available: int, num_frames: int) -> list[int]:
+    """Uniform sampling at segment centres. Returns ``num_frames`` indices into [0, num_available)."""
+    return segment_indices(num_available, num_frames, [0.5] * num_frames)
+
+
+def dense_indices(num_available: int, num_frames: int, stride: int, position: float) -> list[int]:
+    """T frames ``stride`` apart, starting at ``floor(position * (n - span + 1))`` (span = (T - 1) * stride + 1).
+    A video shorter than the span gets uniform sampling at ``position`` over its whole length instead."""
+    _check_counts(num_available, num_frames)
+    if stride < 1:
+        raise ValueError(f"frame stride must be >= 1, got {stride}")
+    span = (num_frames - 1) * stride + 1
+    if num_available < span:
+        return segment_indices(num_available, num_frames, [position] * num_frames)
+    start = min(int(position * (num_available - span + 1)), num_available - span)
+    return [start + j * stride for j in range(num_frames)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# what a clip is
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClipSpec:
+    """Everything that decides which frames and pixels an item holds.
+
+    ``train``: random temporal position (segment, dense) and the training crop/flip; one view per item.
+    Otherwise ``clips`` x ``crops`` deterministic views (pixel_values [V, T, C, S, S] when V > 1, else
+    [T, C, S, S]).
+    """
+    num_frames: int
+    image_size: int
+    mean: tuple
+    std: tuple
+    sampling: str = "uniform"
+    frame_stride: int = 1
+    train: bool = False
+    clips: int = 1
+    crops: int = 1
+    random_crop: bool = False
+    crop_scale_min: float = 0.25
+    flip: bool = False
+
+    def __post_init__(self):
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        if self.crops not in (1, 3) or self.clips < 1:
+            raise ValueError(f"expected clips >= 1 and crops 1 or 3, got clips {self.clips}, crops {self.crops}")
+        if self.train and self.clips * self.crops != 1:
+            raise ValueError("a training clip has one view; multi-view (clips x crops) is for evaluation")
+
+    @property
+    def views(self) -> int:
+        return self.clips * self.crops
+
+
+def clip_indices(spec: ClipSpec, num_available: int, clip: int = 0) -> list[int]:
+    """The frame indices of clip ``clip`` (0..spec.clips-1) of a video with ``num_available`` frames.
+    Training draws its random positions from torch's global RNG."""
+    t = spec.num_frames
+    if spec.train:
+        if spec.sampling == "segment":
+            return segment_indices(num_available, t, torch.rand(t).tolist())
+        position = torch.rand(()).item() if spec.sampling == "dense" else 0.5
+    else:
+        position = (clip + 0.5) / spec.clips
+    if spec.sampling == "dense":
+        return dense_indices(num_available, t, spec.frame_stride, position)
+    return segment_indices(num_available, t, [position] * t)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# transforms (pure tensor functions, except the training view's random draws)
+# ----------------------------------------------------------------------------------------------------------------
+def _check_video(video: torch.Tensor) -> None:
+    if video.dim() != 4 or video.shape[1] not in (1, 3):
+        raise ValueError(f"expected a video [T, C, H, W] with C = 1 or 3, got shape {tuple(video.shape)}")
+
+
+def _as_float01(video: torch.Tensor) -> torch.Tensor:
+    """uint8 (or float in [0, 1]) [T, C, H, W] -> float in [0, 1] (for the resizes, which work in float)."""
+    return video.float() / 255.0 if video.dtype == torch.uint8 else video.float()
+
+
+def normalise(views: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (0..255) or float (0..1) [..., C, H, W], C = 1 or 3 -> a new contiguous float32 [..., 3, H, W]
+    tensor, (x - mean) / std per channel.
+
+    Written out rather than torchvision's ``normalize`` after a ``/ 255`` copy: one contiguous float copy of the
+    already cropped pixels (decoded frames arrive channels-last, and arithmetic on that strided layout is several
+    times slower), then two in-place passes. Cached clips spend most of their time here: 0.15 ms per 8 x 112^2
+    clip, against 2 ms on the strided crop (a uint8 x float multiply is as slow).
+    """
+    scale = 255.0 if views.dtype == torch.uint8 else 1.0
+    views = views.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    if views.shape[-3] == 1:
+        views = views.expand(*views.shape[:-3], 3, *views.shape[-2:]).contiguous()
+    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    shift = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
+    return views.mul_(1.0 / (std_t * scale)).sub_(shift)
+
+
+def _resize_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
+    return TF.resize(_as_float01(video), [size], antialias=True) if min(video.shape[-2:]) != size else video
+
+
+def crop_offsets(height: int, width: int, size: int, crops: int) -> list[tuple[int, int]]:
+    """(top, left) of ``crops`` size x size squares: 1 = the centre (torchvision's rounding), 3 = start, centre
+    and end of the long side, centred on the short side."""
+    centre = (int(round((height - size) / 2.0)), int(round((width - size) / 2.0)))
+    if crops == 1:
+        return [centre]
+    if width >= height:
+        return [(centre[0], 0), centre, (centre[0], width - size)]
+    return [(0, centre[1]), centre, (height - size, centre[1])]
+
+
+def eval_views(video: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float],
+               crops: int = 1) -> torch.Tensor:
+    """uint8 (or float in [0, 1]) [T, C, H, W] -> float [crops, T, 3, S, S]: short side resized to S (skipped when
+    it already is, as for decoded video files), ``crops`` squares, normalised."""
+    _check_video(video)
+    video = _resize_short_side(video, image_size)  # [T, C, H', W'], min(H', W') = S
+    h, w = video.shape[-2:]
+    views = torch.stack([video[..., top:top + image_size, left:left + image_size]
+                         for top, left in crop_offsets(h, w, image_size, crops)])  # [crops, T, C, S, S]
+    return normalise(views, mean, std)
 
 
 def preprocess_video(video: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]
                      ) -> torch.Tensor:
-    """uint8 (or float in [0, 1]) [T, C, H, W] -> float32 [T, C, S, S]: resize short side, centre crop, normalise.
+    """uint8 (or float in [0, 1]) [T, C, H, W] -> float32 [T, 3, S, S]: resize short side, centre crop, normalise."""
+    return eval_views(video, image_size, mean, std, crops=1)[0]
 
-    No flips or time reversal: on motion classes they would change the label.
-    """
-    if video.dim() != 4 or video.shape[1] not in (1, 3):
-        raise ValueError(f"expected a video [T, C, H, W] with C = 1 or 3, got shape {tuple(video.shape)}")
-    video = video.float() / 255.0 if video.dtype == torch.uint8 else video.float()
-    if video.shape[1] == 1:
-        video = video.expand(-1, 3, -1, -1)
-    if min(video.shape[-2:]) != image_size:
-        video = TF.resize(video, [image_size], antialias=True)
-    if tuple(video.shape[-2:]) != (image_size, image_size):
-        video = TF.center_crop(video, [image_size, image_size])
-    return TF.normalize(video, list(mean), list(std))
+
+def train_view(video: torch.Tensor, spec: ClipSpec) -> torch.Tensor:
+    """uint8 [T, C, H, W] -> float [T, 3, S, S]: the training crop (random resized, or the centre) and flip, one
+    draw for the whole clip so motion stays coherent."""
+    _check_video(video)
+    size = spec.image_size
+    if spec.random_crop:
+        top, left, h, w = RandomResizedCrop.get_params(video, [spec.crop_scale_min, 1.0], list(CROP_RATIO))
+        video = TF.resized_crop(_as_float01(video), top, left, h, w, [size, size], antialias=True)
+    else:
+        video = _resize_short_side(video, size)
+        top, left = crop_offsets(*video.shape[-2:], size, 1)[0]
+        video = video[..., top:top + size, left:left + size]
+    if spec.flip and torch.rand(()).item() < 0.5:
+        video = TF.horizontal_flip(video)
+    return normalise(video, spec.mean, spec.std)
 
 
 def natural_key(text: str) -> list:
     """'frame_10' after 'frame_9'."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bad videos
+# ----------------------------------------------------------------------------------------------------------------
+class TooManyBadVideos(UsageError):
+    """More videos failed than --max_bad_video_fraction allows. One line even when raised in a DataLoader worker
+    (the DataLoader re-raises it in the main process with the worker's traceback in the message)."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return text.rsplit(f"{type(self).__name__}: ", 1)[-1].strip().splitlines()[0] if "\n" in text else text
+
+
+class BadVideoLog:
+    """Which items of a dataset could not be read, visible across DataLoader workers (shared-memory flags).
+
+    ``policy``: ``skip`` (training: the caller substitutes another video; stop above ``max_fraction``) or
+    ``report`` (evaluation: the caller puts a placeholder in and leaves it out of the metrics). ``skipped`` are
+    videos dropped before the dataset was built (found unreadable when indexing); they count against
+    ``max_fraction`` of ``total`` = videos listed.
+    """
+
+    def __init__(self, num_items: int, policy: str, max_fraction: float = 1.0, total: Optional[int] = None,
+                 skipped: Sequence[dict] = (), what: str = "videos"):
+        if policy not in ("skip", "report"):
+            raise ValueError(f"policy must be 'skip' or 'report', got {policy!r}")
+        self.flags = torch.zeros(max(num_items, 1), dtype=torch.uint8).share_memory_()
+        self.policy, self.max_fraction, self.what = policy, max_fraction, what
+        self.total = num_items + len(skipped) if total is None else total
+        self.skipped = list(skipped)
+        self.reasons: dict[int, str] = {}  # reasons known in this process
+
+    def is_bad(self, i: int) -> bool:
+        return bool(self.flags[i])
+
+    def count(self) -> int:
+        return int(self.flags.sum()) + len(self.skipped)
+
+    def mark(self, i: int, video_id: str, reason: str, warn: bool = True) -> None:
+        self.flags[i] = 1
+        self.reasons[i] = reason
+        if warn:
+            action = "skipped (another video takes its place in the batch)" if self.policy == "skip" else \
+                "left out of the metrics and listed as bad"
+            named = reason if video_id in reason else f"{video_id}: {reason}"  # a VideoError names the path
+            print(f"warning: cannot read {named}; {action}", file=sys.stderr, flush=True)
+        if self.policy == "skip":
+            self.check()
+
+    def check(self) -> None:
+        """Raise TooManyBadVideos if the share of bad videos is above max_fraction."""
+        bad, total = self.count(), max(self.total, 1)
+        if bad / total > self.max_fraction or (self.policy == "skip" and bad >= total):
+            raise TooManyBadVideos(f"{bad} of {total} {self.what} ({100 * bad / total:.1f}%) cannot be read, more "
+                                   f"than --max_bad_video_fraction {self.max_fraction} allows (the warnings above "
+                                   f"name them); repair or remove them, or raise --max_bad_video_fraction")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the shared dataset base
+# ----------------------------------------------------------------------------------------------------------------
+class ClipDataset(Dataset):
+    """One item per video: ``spec`` picks the frames and views, subclasses read them.
+
+    Subclasses set ``self.spec`` and ``self.bad`` and implement ``__len__``, ``load_frames(i, pick)`` (call
+    ``pick(n)`` with the video's frame count n, return the frames at the indices it gives as uint8 [F, C, H, W],
+    raise VideoError if the video cannot be read) and ``fields(i)`` (labels, video_id, caption, hint).
+    Items: pixel_values float [T, C, S, S] (one view) or [V, T, C, S, S] (V = clips x crops), plus the fields.
+    """
+    spec: ClipSpec
+    bad: BadVideoLog
+
+    def load_frames(self, i: int, pick: Callable[[int], list[int]]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fields(self, i: int) -> dict:
+        raise NotImplementedError
+
+    def with_views(self, clips: int, crops: int) -> "ClipDataset":
+        """The same videos (and bad-video log) seen through clips x crops evaluation views."""
+        other = copy.copy(self)
+        other.spec = replace(self.spec, train=False, clips=clips, crops=crops)
+        return other
+
+    def video_id(self, i: int) -> str:
+        return self.fields(i)["video_id"]
+
+    def readable(self) -> torch.Tensor:
+        """bool [N]: the items not marked bad (so far; a video is marked when it fails to load)."""
+        return self.bad.flags[:len(self)] == 0
+
+    def __getitem__(self, i: int) -> dict:
+        if self.bad.policy == "skip":
+            return self._first_good_item(i)
+        if not self.bad.is_bad(i):
+            try:
+                return self._item(i)
+            except VideoError as exc:
+                self.bad.mark(i, self.video_id(i), str(exc))
+        return self._placeholder(i)
+
+    def _first_good_item(self, i: int) -> dict:
+        """Item i, or the next readable one after it (training: a bad video is skipped, never fatal alone)."""
+        for attempt in range(len(self)):
+            j = (i + attempt) % len(self)
+            if self.bad.is_bad(j):
+                continue
+            try:
+                return self._item(j)
+            except VideoError as exc:
+                self.bad.mark(j, self.video_id(j), str(exc))
+        self.bad.check()
+        raise TooManyBadVideos(f"no {self.bad.what} of {len(self)} could be read")
+
+    def _item(self, i: int) -> dict:
+        spec = self.spec
+        num_clips = 1 if spec.train else spec.clips
+
+        def pick(num_available: int) -> list[int]:
+            return [j for k in range(num_clips) for j in clip_indices(spec, num_available, k)]
+        frames = self.load_frames(i, pick)  # uint8 [num_clips * T, C, H, W]
+        clips = frames.unflatten(0, (num_clips, spec.num_frames))  # [N, T, C, H, W]
+        if spec.train:
+            pixel_values = train_view(clips[0], spec)  # [T, 3, S, S]
+        elif spec.views == 1:
+            pixel_values = eval_views(clips[0], spec.image_size, spec.mean, spec.std)[0]  # [T, 3, S, S]
+        else:
+            pixel_values = torch.cat([eval_views(c, spec.image_size, spec.mean, spec.std, spec.crops)
+                                      for c in clips])  # [V, T, 3, S, S]
+        return dict(pixel_values=pixel_values, **self.fields(i))
+
+    def _placeholder(self, i: int) -> dict:
+        """A bad video in evaluation: zeros of the right shape; callers drop it by ``self.bad``."""
+        s = self.spec
+        shape = (s.num_frames, 3, s.image_size, s.image_size)
+        return dict(pixel_values=torch.zeros((s.views, *shape) if s.views > 1 else shape), **self.fields(i))
+
+    def bad_videos(self) -> list[dict]:
+        """[{video, reason}] of every video found unreadable so far (dropped beforehand, or while loading)."""
+        found = list(self.bad.skipped)
+        for i in torch.nonzero(self.bad.flags[:len(self)]).flatten().tolist():
+            found.append(dict(video=self.video_id(i), reason=self.bad.reasons.get(i) or self._reason(i)))
+        return found
+
+    def _reason(self, i: int) -> str:
+        """Why item i failed in a worker process: load it again here and keep the message."""
+        try:
+            self._item(i)
+        except VideoError as exc:
+            return str(exc)
+        return "failed while loading in a DataLoader worker (reads fine now)"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -87,29 +413,60 @@ def read_class_names(root: str) -> list[str]:
     return read_dataset_meta(root)["class_names"]
 
 
-def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (kept, held_out): ``fraction`` of every class held out, chosen by a seeded permutation."""
+def stratified_split(labels: Sequence[int], fraction: float, seed: int,
+                     groups: Optional[Sequence[str]] = None) -> tuple[list[int], list[int]]:
+    """Indices (kept, held_out): about ``fraction`` of every class held out, chosen by a seeded permutation.
+
+    With ``groups`` (e.g. UCF101's gXX: clips cut from the same long video), whole groups are held out, so no
+    group is on both sides: the held-out share of a class is then the nearest the group sizes allow.
+    """
     rng = np.random.default_rng(seed)
     kept, held = [], []
     for label in sorted(set(labels)):
         idx = [i for i, y in enumerate(labels) if y == label]
-        idx = [idx[j] for j in rng.permutation(len(idx))]
-        n_held = int(round(fraction * len(idx)))
-        held += idx[:n_held]
-        kept += idx[n_held:]
+        if groups is None:  # every video its own group
+            names, size = idx, dict.fromkeys(idx, 1)
+            member = {i: i for i in idx}
+        else:
+            member = {i: groups[i] for i in idx}
+            size = Counter(member.values())
+            names = sorted(size, key=natural_key)
+        names = [names[j] for j in rng.permutation(len(names))]
+        target, count, taken = int(round(fraction * len(idx))), 0, set()
+        for name in names:
+            if count >= target:
+                break
+            if count + size[name] - target > target - count:  # this group overshoots more than stopping short
+                continue
+            taken.add(name)
+            count += size[name]
+        held += [i for i in idx if member[i] in taken]
+        kept += [i for i in idx if member[i] not in taken]
     return sorted(kept), sorted(held)
 
 
-class SyntheticVideoDataset(Dataset):
-    """The .pt videos written by dummy_data.py. Items: pixel_values [T, C, S, S] float, labels, text fields."""
+def _clip_spec(num_frames: int, image_size: int, mean, std, **options) -> ClipSpec:
+    return ClipSpec(num_frames, image_size, tuple(mean), tuple(std), **options)
+
+
+def spec_options(spec: ClipSpec) -> dict:
+    """The ClipSpec fields after (num_frames, image_size, mean, std), as keyword arguments for a dataset."""
+    return {f.name: getattr(spec, f.name) for f in fields(spec)[4:]}
+
+
+class SyntheticVideoDataset(ClipDataset):
+    """The .pt videos written by dummy_data.py. Items: pixel_values [T, C, S, S] float, labels, text fields.
+    ``clip_options`` are further :class:`ClipSpec` fields (sampling, train, clips, crops, ...)."""
 
     def __init__(self, root: str, split: str, num_frames: int, image_size: int, mean, std,
-                 indices: Optional[Sequence[int]] = None):
+                 indices: Optional[Sequence[int]] = None, **clip_options):
         self.root, self.split = root, split
         records = read_annotations(root, split)
         self.records = records if indices is None else [records[i] for i in indices]
         self.class_names = read_class_names(root)
-        self.num_frames, self.image_size, self.mean, self.std = num_frames, image_size, mean, std
+        self.spec = _clip_spec(num_frames, image_size, mean, std, **clip_options)
+        self.bad = BadVideoLog(len(self.records), "skip" if self.spec.train else "report")  # never marked: a broken
+        # generated file raises (load_raw), it is not a video to skip
 
     def __len__(self) -> int:
         return len(self.records)
@@ -121,12 +478,13 @@ class SyntheticVideoDataset(Dataset):
             raise ValueError(f"{path}: expected a [T, C, H, W] tensor, got {getattr(video, 'shape', type(video))}")
         return video
 
-    def __getitem__(self, i: int) -> dict:
+    def load_frames(self, i: int, pick: Callable[[int], list[int]]) -> torch.Tensor:
         video = self.load_raw(i)
-        video = video[sample_frame_indices(video.shape[0], self.num_frames)]
+        return video[pick(video.shape[0])]
+
+    def fields(self, i: int) -> dict:
         rec = self.records[i]
-        return dict(pixel_values=preprocess_video(video, self.image_size, self.mean, self.std),
-                    labels=torch.tensor(rec["label"]), video_id=f"{self.split}/{rec['path']}",
+        return dict(labels=torch.tensor(rec["label"]), video_id=f"{self.split}/{rec['path']}",
                     caption=rec.get("caption", ""), hint=rec.get("hint", ""))
 
 
@@ -153,88 +511,161 @@ def find_frame_folders(video_dir: str) -> list[str]:
 
 
 def read_frames(folder: str, indices: Optional[Sequence[int]] = None) -> torch.Tensor:
-    """Images of one frame folder (natural order) -> uint8 [T, 3, H, W]; only ``indices`` are read if given."""
-    from PIL import Image
+    """Images of one frame folder (natural order) -> uint8 [T, 3, H, W]; only ``indices`` are read if given
+    (each image once, even when an index repeats). An unreadable image raises VideoError."""
+    from PIL import Image, UnidentifiedImageError
     files = _image_files(folder)
-    chosen = files if indices is None else [files[i] for i in indices]
-    frames = []
-    for name in chosen:
-        with Image.open(os.path.join(folder, name)) as img:
-            frames.append(torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1))
-    sizes = {tuple(f.shape) for f in frames}
+    indices = list(range(len(files))) if indices is None else list(indices)
+    frames = {}
+    for i in sorted(set(indices)):
+        try:
+            with Image.open(os.path.join(folder, files[i])) as img:
+                frames[i] = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise VideoError(f"{folder}: cannot read frame {files[i]} ({exc})") from None
+    sizes = {tuple(f.shape) for f in frames.values()}
     if len(sizes) > 1:
-        raise ValueError(f"{folder}: frames differ in size {sorted(sizes)}; all frames of a video must match")
-    return torch.stack(frames)
+        raise VideoError(f"{folder}: frames differ in size {sorted(sizes)}; all frames of a video must match")
+    return torch.stack([frames[i] for i in indices])
 
 
 def read_frame_labels(video_dir: str, filename: str = FRAME_LABELS_FILE) -> dict[str, str]:
-    """{video_name: value} from a JSON file beside the frame folders ({} when absent)."""
-    path = os.path.join(video_dir, filename)
+    """{video_name: value} from a JSON file beside the frame folders or videos ({} when absent)."""
+    path = os.path.join(video_dir, filename) if os.path.isdir(video_dir) else ""
     if not os.path.isfile(path):
         return {}
     with open(path) as fh:
         return json.load(fh)
 
 
-class FrameFolderDataset(Dataset):
+class SideFiles:
+    """Labels, text hints and reference captions for inference inputs, from the JSON files beside them
+    (``labels.json``, ``texts.json``, ``captions.json``, each {video_name: value}); ``text`` overrides the hints.
+    A video file is looked up by its file name, then by its name without the extension."""
+
+    def __init__(self, video_dir: str, names: Sequence[str], class_names: Optional[Sequence[str]],
+                 text: Optional[str], known_labels: Optional[Sequence[str]] = None):
+        folder = video_dir if os.path.isdir(video_dir) else os.path.dirname(video_dir)
+        labels = read_frame_labels(folder)
+        texts = read_frame_labels(folder, FRAME_TEXTS_FILE)
+        captions = read_frame_labels(folder, FRAME_CAPTIONS_FILE)
+        index = {c: i for i, c in enumerate(class_names or [])}
+        known = list(known_labels) if known_labels is not None else [None] * len(names)
+        self.labels = [index.get(k or self._get(labels, n, ""), -1) for n, k in zip(names, known)]
+        self.texts = [text if text is not None else self._get(texts, n, None) for n in names]  # None = no text
+        self.captions = [self._get(captions, n, "") for n in names]
+
+    @staticmethod
+    def _get(table: dict, name: str, default):
+        return table.get(name, table.get(os.path.splitext(name)[0], default))
+
+
+class FrameFolderDataset(ClipDataset):
     """One item per frame folder. Labels come from ``labels.json`` in ``video_dir`` when present (else -1), text
-    hints from ``texts.json`` (or ``text`` for every video), reference captions from ``captions.json``."""
+    hints from ``texts.json`` (or ``text`` for every video), reference captions from ``captions.json``.
+    Unreadable frames are reported, not replaced (policy ``report``)."""
 
     def __init__(self, video_dir: str, num_frames: int, image_size: int, mean, std,
-                 class_names: Optional[Sequence[str]] = None, text: Optional[str] = None):
+                 class_names: Optional[Sequence[str]] = None, text: Optional[str] = None, **clip_options):
         self.folders = find_frame_folders(video_dir)
-        names = [os.path.basename(f) for f in self.folders]
-        labels = read_frame_labels(video_dir)
-        index = {c: i for i, c in enumerate(class_names or [])}
-        self.labels = [index.get(labels.get(name, ""), -1) for name in names]
-        texts = read_frame_labels(video_dir, FRAME_TEXTS_FILE)
-        captions = read_frame_labels(video_dir, FRAME_CAPTIONS_FILE)
-        self.texts = [text if text is not None else texts.get(name) for name in names]  # None = no text
-        self.captions = [captions.get(name, "") for name in names]
-        self.num_frames, self.image_size, self.mean, self.std = num_frames, image_size, mean, std
+        side = SideFiles(video_dir, [os.path.basename(f) for f in self.folders], class_names, text)
+        self.labels, self.texts, self.captions = side.labels, side.texts, side.captions
+        self.spec = _clip_spec(num_frames, image_size, mean, std, **clip_options)
+        self.bad = BadVideoLog(len(self.folders), "report")
 
     def __len__(self) -> int:
         return len(self.folders)
 
-    def __getitem__(self, i: int) -> dict:
-        n = len(_image_files(self.folders[i]))
-        video = read_frames(self.folders[i], sample_frame_indices(n, self.num_frames))
-        return dict(pixel_values=preprocess_video(video, self.image_size, self.mean, self.std),
-                    labels=torch.tensor(self.labels[i]), video_id=os.path.basename(self.folders[i]),
+    def load_frames(self, i: int, pick: Callable[[int], list[int]]) -> torch.Tensor:
+        return read_frames(self.folders[i], pick(len(_image_files(self.folders[i]))))
+
+    def fields(self, i: int) -> dict:
+        return dict(labels=torch.tensor(self.labels[i]), video_id=os.path.basename(self.folders[i]),
                     caption=self.captions[i], hint=self.texts[i] or "")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# loaders
+# datasets by name (--dataset) and loaders
 # ----------------------------------------------------------------------------------------------------------------
 def collate(items: list[dict]) -> dict:
-    """Stack tensors ([B, T, C, H, W], [B]); keep strings as lists."""
-    return {k: torch.stack([it[k] for it in items]) if isinstance(items[0][k], torch.Tensor)
-            else [it[k] for it in items] for k in items[0]}
+    """Stack tensors ([B, T, C, H, W] or [B, V, T, C, H, W], [B]); keep strings as lists. torch's
+    ``default_collate`` does exactly that, and in a DataLoader worker it stacks straight into shared memory
+    (saving a copy of every batch on its way to the main process)."""
+    return default_collate(items)
 
 
 @dataclass
 class DataBundle:
-    train: Dataset
+    train: Optional[Dataset]
     val: Optional[Dataset]
-    test: Dataset
+    test: Optional[Dataset]
     class_names: list
 
 
-def build_datasets(cfg, mean, std) -> DataBundle:
-    """train / val (held out of train, stratified, seeded) / test for the configured dataset."""
-    root = cfg.data_root
-    train_full = SyntheticVideoDataset(root, "train", cfg.num_frames, cfg.image_size, mean, std)
-    labels = [r["label"] for r in train_full.records]
-    val = None
-    if cfg.val_fraction > 0:
-        kept, held = stratified_split(labels, cfg.val_fraction, cfg.seed)
-        train = SyntheticVideoDataset(root, "train", cfg.num_frames, cfg.image_size, mean, std, kept)
-        val = SyntheticVideoDataset(root, "train", cfg.num_frames, cfg.image_size, mean, std, held)
-    else:
-        train = train_full
-    test = SyntheticVideoDataset(root, "test", cfg.num_frames, cfg.image_size, mean, std)
-    return DataBundle(train, val, test, train_full.class_names)
+def is_synthetic(cfg) -> bool:
+    return cfg.dataset == "synthetic"
+
+
+def clip_spec(cfg, mean, std, train: bool) -> ClipSpec:
+    """The ClipSpec of a split from the settings. Training augmentation ``auto``: random resized crops and flips
+    for real videos; neither for the synthetic dataset (its classes come in left/right mirror pairs, and its
+    published numbers were trained without them)."""
+    random_crop = cfg.train_crop == "random_resized" or (cfg.train_crop == "auto" and not is_synthetic(cfg))
+    flip = cfg.horizontal_flip if cfg.horizontal_flip is not None else not is_synthetic(cfg)
+    return _clip_spec(cfg.num_frames, cfg.image_size, mean, std, sampling=cfg.sampling,
+                      frame_stride=cfg.frame_stride, train=train, random_crop=train and random_crop,
+                      crop_scale_min=cfg.crop_scale_min, flip=train and flip)
+
+
+def _synthetic_classes(cfg) -> list[str]:
+    return read_class_names(cfg.data_root)
+
+
+def _build_synthetic(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
+    """train / val (held out of train, stratified, seeded) / test of the synthetic dataset."""
+    root, train_spec, eval_spec = cfg.data_root, clip_spec(cfg, mean, std, True), clip_spec(cfg, mean, std, False)
+
+    def split(name: str, spec: ClipSpec, indices=None) -> SyntheticVideoDataset:
+        return SyntheticVideoDataset(root, name, spec.num_frames, spec.image_size, mean, std, indices,
+                                     **spec_options(spec))
+    train = val = test = None
+    if "train" in parts or "val" in parts:
+        labels = [r["label"] for r in read_annotations(root, "train")]
+        kept, held = stratified_split(labels, cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else \
+            (list(range(len(labels))), [])
+        train = split("train", train_spec, kept) if "train" in parts else None
+        val = split("train", eval_spec, held) if held and "val" in parts else None
+    if "test" in parts:
+        test = split("test", eval_spec)
+    return DataBundle(train, val, test, read_class_names(root))
+
+
+def _video_classes(cfg) -> list[str]:
+    from video_datasets import video_class_names
+    return video_class_names(cfg)
+
+
+def _build_videos(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
+    from video_datasets import build_video_datasets
+    return build_video_datasets(cfg, clip_spec(cfg, mean, std, True), clip_spec(cfg, mean, std, False), parts)
+
+
+# name -> (class names from the settings, builder of the splits); the only place dataset names are looked up
+DATASETS: dict[str, tuple[Callable, Callable]] = {
+    "synthetic": (_synthetic_classes, _build_synthetic),
+    "ucf101": (_video_classes, _build_videos),
+    "videofolder": (_video_classes, _build_videos),
+}
+
+
+def dataset_class_names(cfg) -> list[str]:
+    """The class names of the configured dataset, without building (or decoding) anything."""
+    return DATASETS[cfg.dataset][0](cfg)
+
+
+def build_datasets(cfg, mean, std, parts: Sequence[str] = ("train", "val", "test")) -> DataBundle:
+    """The requested splits of the configured dataset (others are None)."""
+    return DATASETS[cfg.dataset][1](cfg, mean, std, parts)
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int) -> DataLoader:

@@ -423,6 +423,33 @@ class VisionLanguageClassifier(nn.Module):
         return ClassifierOutput(loss=loss, logits=logits)
 
 
+class MultiViewClassifier(nn.Module):
+    """Test-time views: pixel_values [B, V, T, C, H, W] -> the classifier's logits averaged over the V views
+    [B, num_classes]; the loss is the classifier's loss (cross-entropy, same label smoothing) of those logits.
+
+    Views run one at a time ([B, T, C, H, W] each), so memory stays that of single-view evaluation; the other
+    inputs (text hints) are the same for every view.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.batch_keys = model.batch_keys
+        self.label_smoothing = getattr(model, "label_smoothing", 0.0)
+
+    def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **inputs
+                ) -> ClassifierOutput:
+        if pixel_values.dim() != 6:
+            raise ValueError(f"expected pixel_values [B, V, T, C, H, W] (V = test clips x crops), got shape "
+                             f"{tuple(pixel_values.shape)}")
+        logits = torch.stack([self.model(pixel_values=pixel_values[:, v], **inputs).logits.float()
+                              for v in range(pixel_values.shape[1])], dim=1).mean(1)  # [B, V, K] -> [B, K]
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        return ClassifierOutput(loss=loss, logits=logits)
+
+
 @dataclass
 class BuiltModel:
     model: nn.Module  # VideoClassifier, VisionLanguageClassifier or captioning.VideoCaptioner

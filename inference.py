@@ -1,8 +1,13 @@
-"""Run a trained model on frame folders: ``python inference.py --video_dir ./frames_see/ [--checkpoint PATH]``.
+"""Run a trained model on videos: ``python inference.py --video_dir PATH [--checkpoint PATH]``.
 
-The checkpoint carries the settings that built the model, so no training flags need repeating. Model flags given
-here only pick a checkpoint (the newest run under ``--output_dir`` whose settings match them) and must agree with
-it; run-time flags (device, batch size, top-k, output file) apply as given.
+``--video_dir`` is a video file, a folder of video files (or of class folders of them, which then give the true
+labels), one folder of frames, or a folder of frame folders. The checkpoint carries the settings that built the
+model and how it sampled frames, so no training flags need repeating. Model flags given here only pick a
+checkpoint (the newest run under ``--output_dir`` whose settings match them) and must agree with it; run-time
+flags (device, batch size, top-k, output file, test views, cache) apply as given.
+
+Videos that cannot be read get no prediction: they are listed under ``bad_videos`` in the predictions file and
+the exit status is 3.
 """
 from __future__ import annotations
 
@@ -10,12 +15,15 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from build_model import rebuild_from_checkpoint
+import torch
+
+from build_model import MultiViewClassifier, rebuild_from_checkpoint
 from checkpointing import find_runs, read_run_config, write_json_atomic
-from settings import DATA, FIELDS, MODEL, RUNTIME, Settings, UsageError, resolve, run_cli, settings_from_dict
-from train_code import (caption_report, classification_report, evaluate, generate_captions, make_accelerator,
-                        progress_enabled)
-from VLoader import FrameFolderDataset, make_loader
+from reporting import class_metrics, view_protocol
+from settings import (DATA, FIELDS, MODEL, RUNTIME, IncompleteResult, Settings, UsageError, check_views, resolve,
+                      run_cli, settings_from_dict)
+from train_code import caption_report, evaluate, generate_captions, make_accelerator, progress_enabled
+from VLoader import FrameFolderDataset, clip_spec, make_loader, spec_options
 
 
 def pick_checkpoint(cli: Settings, explicit: set[str]) -> str:
@@ -52,40 +60,58 @@ def merge_with_checkpoint(saved: Settings, cli: Settings, explicit: set[str], fo
     return settings_from_dict(merged)
 
 
+def load_inputs(cfg: Settings, mean, std, class_names: list):
+    """The --video_dir inputs as a dataset (video files or frame folders), sampled as the checkpoint was trained."""
+    from video_datasets import inference_videos
+    from video_io import FrameCache
+    spec = clip_spec(cfg, mean, std, train=False)
+    try:
+        videos = inference_videos(cfg.video_dir, spec, class_names, cfg.text_input,
+                                  FrameCache(cfg.cache_dir) if cfg.cache_dir else None)
+        if videos is not None:
+            return videos
+        return FrameFolderDataset(cfg.video_dir, cfg.num_frames, cfg.image_size, mean, std, class_names,
+                                  text=cfg.text_input, **spec_options(spec))
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     cli, explicit, _ = resolve(argv, "inference.py", __doc__.splitlines()[0], check=False)
     if not cli.video_dir:
-        raise UsageError("--video_dir is required: a folder of frames, or a folder of frame folders "
-                         "(python create_dummy.py writes ./frames_see/)")
+        raise UsageError("--video_dir is required: a video file, a folder of videos, a folder of frames, or a folder "
+                         "of frame folders (python create_dummy.py writes ./frames_see/)")
     folder = pick_checkpoint(cli, explicit)
     run_config = read_run_config(folder)
     cfg = merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli, explicit, folder)
+    check_views(cfg)
     class_names = run_config["class_names"]
     accelerator = make_accelerator(cfg)
     info = run_config["model_info"]
     built = rebuild_from_checkpoint(cfg, run_config, folder)
     model = built.model.to(accelerator.device)
-    try:
-        dataset = FrameFolderDataset(cfg.video_dir, cfg.num_frames, cfg.image_size, built.backbone.mean,
-                                     built.backbone.std, class_names, text=cfg.text_input)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
+    dataset = load_inputs(cfg, built.backbone.mean, built.backbone.std, class_names)
     if cfg.use_text and any(t is None for t in dataset.texts):
         missing = sum(t is None for t in dataset.texts)
         raise UsageError(f"this model reads text (trained with --use_text True) and {missing} video(s) have none: "
-                         f"pass --text_input \"...\" or put texts.json ({{video_name: text}}) beside the frames")
+                         f"pass --text_input \"...\" or put texts.json ({{video_name: text}}) beside the videos")
     what = "captioner" if cfg.captioning else f"{len(class_names)} classes"
     language = f", language model: {info['language_model']}" if info.get("language_model") else ""
+    views = view_protocol(cfg.test_clips, cfg.test_crops, cfg.sampling, cfg.num_frames, cfg.frame_stride)
     print(f"checkpoint: {folder} ({cfg.vision_model}, {what}{language}, pretrained backbone: "
-          f"{info['pretrained']}) | {len(dataset)} video(s)")
+          f"{info['pretrained']}) | {len(dataset)} video(s) | {views['clips']} clip(s) x {views['crops']} crop(s)")
+    if views["views"] > 1:
+        dataset, model = dataset.with_views(cfg.test_clips, cfg.test_crops), MultiViewClassifier(model)
     loader = make_loader(dataset, cfg.batch_size, False, cfg.num_workers, cfg.seed)
     if cfg.captioning:
-        return caption_videos(cfg, model, loader, accelerator, folder, info)
+        return caption_videos(cfg, model, loader, accelerator, folder, info, dataset)
     result = evaluate(model, loader, accelerator, "inference", progress_enabled(cfg))
+    keep = dataset.readable()
     probs = result["logits"].softmax(-1)
     k = min(cfg.top_k, len(class_names))
     predictions = []
-    for i, video_id in enumerate(os.path.basename(f) for f in dataset.folders):
+    for i in torch.nonzero(keep).flatten().tolist():
+        video_id = dataset.video_id(i)
         p, idx = probs[i].topk(k)
         top = [dict(class_name=class_names[c], probability=round(float(q), 4)) for q, c in zip(p, idx.tolist())]
         label = int(result["labels"][i])
@@ -96,20 +122,34 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         shown = ", ".join(f"{t['class_name']} {100 * t['probability']:.1f}%" for t in top)
         print(f"{video_id}: {shown}" + (f"  [true: {class_names[label]}]" if label >= 0 else ""))
     output = dict(checkpoint=folder, video_dir=cfg.video_dir, pretrained=run_config["model_info"]["pretrained"],
-                  predictions=predictions)
-    if "top1" in result:
-        output.update(top1=result["top1"], top5=result["top5"], num_labelled=int((result["labels"] >= 0).sum()),
-                      **classification_report(result["preds"], result["labels"], class_names))
-        print(f"accuracy on {output['num_labelled']} labelled videos: top1 {100 * result['top1']:.1f}% | "
-              f"top5 {100 * result['top5']:.1f}%")
+                  views=views, predictions=predictions, bad_videos=dataset.bad_videos())
+    labelled = keep & (result["labels"] >= 0)
+    if labelled.any():
+        headline, report = class_metrics(result, labelled, class_names, None, cfg.label_smoothing)
+        output.update(top1=headline["top1"], top5=headline["top5"], num_labelled=int(labelled.sum()),
+                      mean_class_accuracy=headline["mean_class_accuracy"], **report)
+        print(f"accuracy on {output['num_labelled']} labelled videos: top1 {100 * output['top1']:.1f}% | "
+              f"top5 {100 * output['top5']:.1f}%")
+    return finish(cfg, output, "predictions")
+
+
+def finish(cfg: Settings, output: dict, what: str) -> dict:
+    """Write the predictions file; IncompleteResult (exit code 3) if some videos could not be read."""
     write_json_atomic(cfg.predictions_file, output)
-    print(f"predictions written to {os.path.abspath(cfg.predictions_file)}")
+    print(f"{what} written to {os.path.abspath(cfg.predictions_file)}")
+    bad = output["bad_videos"]
+    if bad:
+        raise IncompleteResult(f"{len(bad)} video(s) could not be read and have no prediction: "
+                               f"{', '.join(b['video'] for b in bad[:5])}{' ...' if len(bad) > 5 else ''} (reasons "
+                               f"under bad_videos in {cfg.predictions_file})", output)
     return output
 
 
-def caption_videos(cfg: Settings, model, loader, accelerator, folder: str, info: dict) -> dict:
-    """Print and save one caption per video; caption metrics when captions.json gives references."""
+def caption_videos(cfg: Settings, model, loader, accelerator, folder: str, info: dict, dataset) -> dict:
+    """Print and save one caption per readable video; caption metrics when captions.json gives references."""
     generated = generate_captions(model, loader, accelerator, cfg, "captions", progress_enabled(cfg))
+    keep = dataset.readable().tolist()
+    generated = {k: [v for v, ok in zip(values, keep) if ok] for k, values in generated.items()}
     predictions = []
     for video, caption, reference in zip(generated["video_ids"], generated["captions"], generated["references"]):
         predictions.append(dict(video=video, caption=caption, **({"reference": reference} if reference else {})))
@@ -120,14 +160,12 @@ def caption_videos(cfg: Settings, model, loader, accelerator, folder: str, info:
                   generation=dict(num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
                                   no_repeat_ngram_size=cfg.no_repeat_ngram_size,
                                   repetition_penalty=cfg.repetition_penalty, text_input=cfg.text_input),
-                  predictions=predictions)
+                  predictions=predictions, bad_videos=dataset.bad_videos())
     if any(generated["references"]):
         output.update(caption_report(generated))
         metrics = output.get("metrics") or {}
         print("caption metrics: " + " | ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
-    write_json_atomic(cfg.predictions_file, output)
-    print(f"captions written to {os.path.abspath(cfg.predictions_file)}")
-    return output
+    return finish(cfg, output, "captions")
 
 
 if __name__ == "__main__":

@@ -19,18 +19,18 @@ import yaml
 from accelerate.utils import set_seed
 
 import dummy_data
-from build_model import build_model, rebuild_from_checkpoint
+from build_model import MultiViewClassifier, build_model, rebuild_from_checkpoint
 from checkpointing import (BEST_DIR, commit_folder, is_checkpoint, load_weights, new_temp_folder, read_run_config,
                            resume_folder, write_json_atomic)
 from inference import merge_with_checkpoint
 from language import hub_offline_mode
-from reporting import (SINGLE_VIEW, append_summary_row, environment_info, measure_speed, peak_memory,
-                       reset_peak_memory, summary_row, timestamp)
-from settings import Settings, UsageError, resolve, run_cli, settings_from_dict
-from train_code import (caption_report, check_resume, check_tracker_installed, classification_report, evaluate,
-                        generate_captions, make_accelerator, predict_batch, progress_enabled, train)
+from reporting import (append_summary_row, class_metrics, environment_info, measure_speed, peak_memory,
+                       reset_peak_memory, summary_row, timestamp, view_protocol)
+from settings import IncompleteResult, Settings, UsageError, resolve, run_cli, settings_from_dict
+from train_code import (caption_report, check_resume, check_tracker_installed, evaluate, generate_captions,
+                        make_accelerator, predict_batch, progress_enabled, train)
 from visualize_results import write_plots
-from VLoader import (SyntheticVideoDataset, build_datasets, make_loader, read_annotations, read_class_names,
+from VLoader import (build_datasets, dataset_class_names, is_synthetic, make_loader, read_annotations,
                      read_dataset_meta)
 
 # accelerate's project name: for TensorBoard the sub-folder of the run folder, for W&B the project
@@ -38,7 +38,10 @@ TRACKER_PROJECT = {"tensorboard": "tensorboard", "wandb": "video-understanding"}
 
 
 def ensure_dataset(cfg: Settings) -> None:
-    """Generate the synthetic dataset at cfg.data_root if it is not there (classes.json marks a finished one)."""
+    """Generate the synthetic dataset at cfg.data_root if it is not there (classes.json marks a finished one).
+    Real datasets (ucf101, videofolder) are never generated: a missing root is an error when they are read."""
+    if not is_synthetic(cfg):
+        return
     if dummy_data.dataset_is_complete(cfg.data_root):
         task = read_dataset_meta(cfg.data_root).get("task", "motion")
         if task != cfg.synthetic_task:
@@ -76,7 +79,7 @@ def train_and_evaluate(cfg: Settings, explicit: set[str]) -> dict:
     memory_from_start = reset_peak_memory(accelerator.device)
     with accelerator.main_process_first():  # the main process generates a missing dataset, the others wait
         ensure_dataset(cfg)
-    class_names = read_class_names(cfg.data_root)
+    class_names = dataset_class_names(cfg)
     if resume_from:  # before building anything: an unsafe, corrupt or incompatible checkpoint stops here
         check_resume(cfg, resume_from, class_names, accelerator)
     caption_texts = [r["caption"] for r in read_annotations(cfg.data_root, "train")] if cfg.captioning else None
@@ -101,7 +104,8 @@ def train_and_evaluate(cfg: Settings, explicit: set[str]) -> dict:
 
     built.model.load_state_dict(load_weights(result.best_dir))  # test with the best checkpoint's weights
     run = dict(mode="train", checkpoint=result.best_dir, checkpoint_epoch=read_run_config(result.best_dir)["epoch"],
-               train_seconds=round(train_seconds, 1), history=result.history)
+               train_seconds=round(train_seconds, 1), history=result.history,
+               skipped_in_training=[v for d in (data.train, data.val) if d is not None for v in d.bad_videos()])
     eval_json = evaluate_and_report(cfg, built.model, built.info, data.test, class_names, run_dir, run, accelerator,
                                     memory_from_start)
     if accelerator.is_main_process:
@@ -147,22 +151,23 @@ def evaluate_checkpoint(cli: Settings, explicit: set[str]) -> dict:
     """
     folder = checkpoint_to_evaluate(cli)
     run_config = read_run_config(folder)
-    cfg = merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli, explicit - {"data_root"}, folder)
-    cfg.data_root = cli.data_root if "data_root" in explicit else cfg.data_root
+    moved = {"data_root", "split_dir"} & explicit  # where the data is may change; what it is may not
+    cfg = merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli, explicit - moved, folder)
+    for key in moved:
+        setattr(cfg, key, getattr(cli, key))
     check_tracker_installed(cfg.report_to)
     run_dir = os.path.dirname(os.path.normpath(folder))
     accelerator = make_run_accelerator(cfg, run_dir)
     memory_from_start = reset_peak_memory(accelerator.device)
     ensure_dataset(cfg)
     class_names = run_config["class_names"]
-    check_same_classes(cfg.data_root, class_names, folder)
+    check_same_classes(cfg, class_names, folder)
     built = rebuild_from_checkpoint(cfg, run_config, folder)
-    test_set = SyntheticVideoDataset(cfg.data_root, "test", cfg.num_frames, cfg.image_size, built.backbone.mean,
-                                     built.backbone.std)
+    test_set = build_datasets(cfg, built.backbone.mean, built.backbone.std, parts=("test",)).test
     start_trackers(accelerator, cfg, os.path.basename(run_dir), run_dir)
     print(f"evaluating {folder} on {cfg.data_root} (test, {len(test_set)} clips) | device {accelerator.device}")
     run = dict(mode="eval_only", checkpoint=folder, checkpoint_epoch=run_config.get("epoch"), train_seconds=None,
-               history=run_config.get("history", []))
+               history=run_config.get("history", []), skipped_in_training=None)
     report = evaluate_and_report(cfg, built.model, run_config["model_info"], test_set, class_names, run_dir, run,
                                  accelerator, memory_from_start)
     if accelerator.is_main_process:
@@ -180,10 +185,10 @@ def checkpoint_to_evaluate(cli: Settings) -> str:
     return cli.checkpoint
 
 
-def check_same_classes(data_root: str, class_names: list, folder: str) -> None:
-    found = read_class_names(data_root)
+def check_same_classes(cfg: Settings, class_names: list, folder: str) -> None:
+    found = dataset_class_names(cfg)
     if found != class_names:
-        raise UsageError(f"the dataset at {data_root!r} has classes {found}, but {folder} was trained on "
+        raise UsageError(f"the dataset at {cfg.data_root!r} has classes {found}, but {folder} was trained on "
                          f"{class_names}; pass --data_root with the dataset it was trained on")
 
 
@@ -203,23 +208,31 @@ def start_trackers(accelerator, cfg: Settings, run_name: str, run_dir: str) -> N
 
 def evaluate_and_report(cfg: Settings, model, info: dict, test_set, class_names: list, run_dir: str, run: dict,
                         accelerator, memory_from_start: bool) -> dict:
-    """Test metrics + speed + memory + environment -> <run_dir>/eval.json, a summary.csv row, plots, trackers."""
+    """Test metrics + speed + memory + environment -> <run_dir>/eval.json, a summary.csv row, plots, trackers.
+
+    Test videos that cannot be read are left out of every metric and listed under ``bad_videos``; the report is
+    still written, then IncompleteResult (exit code 3) says so.
+    """
     model = model.to(accelerator.device).eval()
     plain = make_loader(test_set, cfg.batch_size, False, cfg.num_workers, cfg.seed)
     loader = accelerator.prepare(plain)  # sharded over the processes; evaluation gathers every clip once
+    views = view_protocol(cfg.test_clips, cfg.test_crops, cfg.sampling, cfg.num_frames, cfg.frame_stride)
     t0 = time.time()
     if cfg.captioning:
         headline, details, line = evaluate_captioner(cfg, model, loader, accelerator)
     else:
-        headline, details, line = evaluate_classifier(cfg, model, loader, accelerator, class_names)
+        headline, details, line, results = evaluate_classifier(cfg, model, test_set, loader, accelerator,
+                                                               class_names, views["views"])
+        views.update(results)
     eval_seconds = time.time() - t0
     speed = measure_speed(lambda batch: predict_batch(model, batch, accelerator, cfg), next(iter(plain)),
                           accelerator.device, cfg.speed_repeats)
     history = run["history"]
+    bad = dict(test=test_set.bad_videos(), skipped_in_training=run["skipped_in_training"])
     report = dict(
         run_dir=run_dir, mode=run["mode"], task="captioning" if cfg.captioning else "classification",
-        split="test", checkpoint=run["checkpoint"], finished=timestamp(), **headline, views=dict(SINGLE_VIEW),
-        params_total=info["params_total"], params_trainable=info["params_trainable"], **speed,
+        split="test", checkpoint=run["checkpoint"], finished=timestamp(), **headline, views=views,
+        bad_videos=bad, params_total=info["params_total"], params_trainable=info["params_trainable"], **speed,
         peak_memory=peak_memory(accelerator.device, memory_from_start),
         checkpoint_epoch=run["checkpoint_epoch"], train_seconds=run["train_seconds"],
         eval_seconds=round(eval_seconds, 2), fusion=info["fusion"], pretrained=info["pretrained"],
@@ -231,6 +244,11 @@ def evaluate_and_report(cfg: Settings, model, info: dict, test_set, class_names:
         write_report(cfg, report, run_dir, line)
     accelerator.log(tracker_scalars(report), step=history[-1]["step"] if history else 0)
     accelerator.end_training()
+    if bad["test"]:
+        raise IncompleteResult(f"{len(bad['test'])} test video(s) could not be read and are not in the metrics: "
+                               f"{', '.join(b['video'] for b in bad['test'][:5])}"
+                               f"{' ...' if len(bad['test']) > 5 else ''} (all listed with the reason under "
+                               f"bad_videos in {os.path.join(run_dir, 'eval.json')})", report)
     return report
 
 
@@ -264,21 +282,41 @@ def tracker_scalars(report: dict) -> dict[str, float]:
     return {f"test/{k}": float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def evaluate_classifier(cfg: Settings, model, loader, accelerator, class_names: list):
-    """(headline numbers, per-class details, one summary line) on the loader's clips."""
-    test = evaluate(model, loader, accelerator, "test", progress_enabled(cfg) and accelerator.is_main_process)
-    pairs = read_dataset_meta(cfg.data_root).get("reversal_pairs")
-    report = classification_report(test["preds"], test["labels"], class_names, pairs)
-    headline = dict(num_samples=test["num_samples"], top1=test["top1"], top5=test["top5"],
-                    mean_class_accuracy=report.pop("mean_class_accuracy"), loss=test["loss"],
-                    **{k: report.pop(k) for k in ("family_accuracy", "direction_accuracy") if k in report})
-    details = dict(class_names=class_names, **report)
-    line = (f"test top1 {100 * test['top1']:.1f}% | top5 {100 * test['top5']:.1f}% | mean class accuracy "
+def evaluate_classifier(cfg: Settings, model, test_set, loader, accelerator, class_names: list, num_views: int):
+    """(headline numbers, per-class details, one summary line, {single_view, multi_view} results).
+
+    Single-view (``loader``) always; with more than one test view also clips x crops views with averaged logits,
+    which then give the headline and per-class numbers. Videos found unreadable in either pass are left out of
+    both.
+    """
+    show = progress_enabled(cfg) and accelerator.is_main_process
+    passes = {"single_view": evaluate(model, loader, accelerator, "test", show)}
+    if num_views > 1:
+        multi_view = test_set.with_views(cfg.test_clips, cfg.test_crops)
+        multi_loader = accelerator.prepare(make_loader(multi_view, cfg.batch_size, False, cfg.num_workers, cfg.seed))
+        passes["multi_view"] = evaluate(MultiViewClassifier(model), multi_loader, accelerator, f"test x{num_views}",
+                                        show)
+    keep = test_set.readable()
+    if not keep.any():
+        raise UsageError(f"none of the {len(test_set)} test videos could be read: "
+                         f"{test_set.bad_videos()[0]['reason']} (and the others alike)")
+    pairs = read_dataset_meta(cfg.data_root).get("reversal_pairs") if is_synthetic(cfg) else None
+    metrics = {name: class_metrics(result, keep, class_names, pairs, cfg.label_smoothing)
+               for name, result in passes.items()}
+    headline, report = metrics["multi_view" if num_views > 1 else "single_view"]
+    headline = dict(num_samples=int(keep.sum()), num_bad_videos=int((~keep).sum()), **headline)
+    results = {"multi_view": None}
+    results.update({name: {k: m[0][k] for k in ("top1", "top5", "mean_class_accuracy", "loss")}
+                    for name, m in metrics.items()})
+    line = (f"test top1 {100 * headline['top1']:.1f}% | top5 {100 * headline['top5']:.1f}% | mean class accuracy "
             f"{100 * headline['mean_class_accuracy']:.1f}%")
+    if num_views > 1:
+        line += (f" ({cfg.test_clips} clips x {cfg.test_crops} crops; single-view top1 "
+                 f"{100 * results['single_view']['top1']:.1f}%)")
     if "direction_accuracy" in headline:
         line += (f" | motion family {100 * headline['family_accuracy']:.1f}% | direction within family "
                  f"{100 * headline['direction_accuracy']:.1f}%")
-    return headline, details, line
+    return headline, dict(class_names=class_names, **report), line, results
 
 
 def evaluate_captioner(cfg: Settings, model, loader, accelerator):

@@ -30,11 +30,32 @@ LIBRARIES = ("torch", "torchvision", "transformers", "timm", "peft", "accelerate
              "numpy", "matplotlib", "pycocoevalcap")
 MIB = 2 ** 20
 
-# Every clip is seen once: one temporal clip (uniform frame sampling) and one centre crop. Multi-view testing
-# (several clips x crops, averaged) belongs to the real-video data work (issue 5); the field says what was done.
-SINGLE_VIEW = dict(protocol="single-view", clips=1, crops=1,
-                   note="one uniformly sampled clip, one centre crop per video; multi-view testing is not "
-                        "implemented yet")
+CROP_NAMES = {1: "centre", 3: "start, centre and end of the long side"}
+
+
+def view_protocol(clips: int, crops: int, sampling: str, num_frames: int, frame_stride: int) -> dict[str, Any]:
+    """How a test clip was seen, for eval.json and predictions.json: ``single-view`` (one clip, one centre crop)
+    or ``multi-view`` (clips x crops views, logits averaged)."""
+    return dict(protocol="single-view" if clips * crops == 1 else "multi-view", clips=clips, crops=crops,
+                views=clips * crops, crop_positions=CROP_NAMES[crops], sampling=sampling, num_frames=num_frames,
+                frame_stride=frame_stride if sampling == "dense" else None,
+                combined="mean of the class logits over the views" if clips * crops > 1 else None)
+
+
+def class_metrics(result: dict, keep: torch.Tensor, class_names: list, pairs: Optional[dict],
+                  label_smoothing: float) -> tuple[dict, dict]:
+    """(top1, top5, mean class accuracy, loss [, family / direction accuracy]; per-class accuracy and confusion)
+    of a ``train_code.evaluate`` result over the samples ``keep`` (bool [N], at least one): unreadable videos and
+    unlabelled ones are left out this way. The loss is the models' own: cross-entropy of the logits with the
+    run's label smoothing."""
+    from train_code import classification_report, topk_correct
+    logits, labels = result["logits"][keep], result["labels"][keep]  # [n, K], [n]
+    hits, n = topk_correct(logits, labels), len(labels)
+    report = classification_report(logits.argmax(-1), labels, class_names, pairs)
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing).item()
+    headline = dict(top1=hits[1] / n, top5=hits[5] / n, mean_class_accuracy=report.pop("mean_class_accuracy"),
+                    loss=loss, **{k: report.pop(k) for k in ("family_accuracy", "direction_accuracy") if k in report})
+    return headline, report
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -135,8 +156,9 @@ def measure_speed(predict: Callable[[dict], Any], batch: dict, device: torch.dev
 # results table
 # ----------------------------------------------------------------------------------------------------------------
 SUMMARY_COLUMNS = ("finished", "run_name", "mode", "task", "vision_model", "model_size", "pretrained", "fusion",
-                   "language_model", "lora_vision", "lora_llm", "lora_r", "num_frames", "image_size",
-                   "checkpoint_epoch", "split", "num_samples", "top1", "top5", "mean_class_accuracy", "CIDEr", "BLEU-4",
+                   "language_model", "lora_vision", "lora_llm", "lora_r", "dataset", "num_frames", "image_size",
+                   "checkpoint_epoch", "split", "views", "num_samples", "num_bad_videos", "top1", "top5",
+                   "mean_class_accuracy", "single_view_top1", "CIDEr", "BLEU-4",
                    "params_total", "params_trainable", "peak_rss_mib", "peak_gpu_mib", "latency_ms_per_clip",
                    "throughput_clips_per_s", "device", "git_commit", "run_dir", "checkpoint")
 
@@ -146,14 +168,18 @@ def summary_row(report: dict) -> dict[str, Any]:
     s = report["settings"]
     lora = s["use_lora_vision"] or s["use_lora_llm"]
     caption_metrics = report.get("metrics") or {}
+    views = report.get("views") or {}
     return dict(
         finished=report["finished"], run_name=os.path.basename(report["run_dir"]), mode=report["mode"],
         task=report["task"], vision_model=s["vision_model"], model_size=s["model_size"],
         pretrained=report["pretrained"], fusion=report["fusion"], language_model=report.get("language_model"),
         lora_vision=s["use_lora_vision"], lora_llm=s["use_lora_llm"], lora_r=s["lora_r"] if lora else None,
-        num_frames=s["num_frames"], image_size=s["image_size"], checkpoint_epoch=report["checkpoint_epoch"],
-        split=report["split"], num_samples=report["num_samples"], top1=report.get("top1"), top5=report.get("top5"),
-        mean_class_accuracy=report.get("mean_class_accuracy"), CIDEr=caption_metrics.get("CIDEr"),
+        dataset=s.get("dataset"), num_frames=s["num_frames"], image_size=s["image_size"],
+        checkpoint_epoch=report["checkpoint_epoch"], split=report["split"],
+        views=f"{views.get('clips', 1)}x{views.get('crops', 1)}", num_samples=report["num_samples"],
+        num_bad_videos=len((report.get("bad_videos") or {}).get("test", [])), top1=report.get("top1"),
+        top5=report.get("top5"), mean_class_accuracy=report.get("mean_class_accuracy"),
+        single_view_top1=(views.get("single_view") or {}).get("top1"), CIDEr=caption_metrics.get("CIDEr"),
         **{"BLEU-4": caption_metrics.get("BLEU-4")}, params_total=report["params_total"],
         params_trainable=report["params_trainable"], peak_rss_mib=report["peak_memory"]["cpu_peak_rss_mib"],
         peak_gpu_mib=report["peak_memory"]["gpu_peak_allocated_mib"],

@@ -32,6 +32,16 @@ class RunError(Exception):
     """A run that stopped on purpose (e.g. a non-finite loss) and says why and what to do. One line; exit code 1."""
 
 
+class IncompleteResult(Exception):
+    """The run finished and wrote its outputs, but some inputs could not be used (the outputs list them).
+    Printed as one line; exit code 3. ``result`` is what the run returned."""
+    exit_code = 3
+
+    def __init__(self, message: str, result: Any = None):
+        super().__init__(message)
+        self.result = result
+
+
 def _opt(default, help: str, choices: Optional[Callable[[], Sequence[str]] | Sequence[str]] = None,
          minimum: Optional[float] = None, maximum: Optional[float] = None, group: str = "train"):
     """A dataclass field with CLI metadata. ``choices`` may be a callable so registries stay the single source."""
@@ -47,6 +57,16 @@ def _vision_choices() -> list[str]:
 def _fusion_choices() -> list[str]:
     from fusion import FUSION_LAYERS
     return sorted(FUSION_LAYERS)
+
+
+def _dataset_choices() -> list[str]:
+    from VLoader import DATASETS  # late import: the registry lives with the datasets
+    return sorted(DATASETS)
+
+
+def _sampling_choices() -> list[str]:
+    from VLoader import SAMPLINGS
+    return list(SAMPLINGS)
 
 
 # Groups say what a setting is for. Inference rebuilds the model from the checkpoint's "model" and "data" settings;
@@ -104,18 +124,42 @@ class Settings:
     max_caption_tokens: int = _opt(32, "caption tokens learned per video (longer captions are truncated)",
                                    minimum=1, maximum=512, group=MODEL)
     # --- data --------------------------------------------------------------------------------------------------
-    dataset: str = _opt("synthetic", "training data: the synthetic .pt dataset", choices=("synthetic",), group=DATA)
-    data_root: str = _opt("synthetic_dataset", "dataset folder; the synthetic one is generated if missing",
-                          group=DATA)
+    dataset: str = _opt("synthetic", "training data: synthetic (.pt, generated if missing), ucf101 (official splits) "
+                        "or videofolder (<data_root>/<class>/<video>)", choices=_dataset_choices, group=DATA)
+    data_root: str = _opt("synthetic_dataset", "dataset folder; the synthetic one is generated if missing, for ucf101 "
+                          "the unpacked UCF-101/ folder", group=DATA)
+    split: int = _opt(1, "ucf101: official split 1, 2 or 3", minimum=1, maximum=3, group=DATA)
+    split_dir: Optional[str] = _opt(None, "ucf101: folder of classInd.txt, trainlist0N.txt, testlist0N.txt (default: "
+                                    "<data_root>/ucfTrainTestlist, then beside data_root); videofolder: folder of "
+                                    "train.txt, test.txt [val.txt] (default: seeded stratified split)", group=DATA)
+    test_fraction: float = _opt(0.2, "videofolder without --split_dir: share of every class held out as the test "
+                                "split (stratified, seeded)", minimum=0.0, maximum=0.9, group=DATA)
     synthetic_task: str = _opt("motion", "synthetic data: motion (hints name the motion family) or playback (half "
                                "the clips run backwards and only the hint says so)", choices=("motion", "playback"),
                                group=DATA)
     num_frames: int = _opt(8, "frames sampled per clip", minimum=1, maximum=1024, group=DATA)
+    sampling: str = _opt("uniform", "temporal sampling: uniform (segment centres), segment (TSN: a random frame per "
+                         "segment in training, centres in evaluation) or dense (--frame_stride apart, random start in "
+                         "training)", choices=_sampling_choices, group=DATA)
+    frame_stride: int = _opt(4, "dense sampling: frames between two sampled frames", minimum=1, maximum=64,
+                             group=DATA)
     image_size: int = _opt(32, "frame side in pixels after resize + centre crop", minimum=8, maximum=1024,
                            group=DATA)
     val_fraction: float = _opt(0.1, "share of the train split held out (stratified, seeded) for validation",
                                minimum=0.0, maximum=0.5, group=DATA)
+    cache_dir: Optional[str] = _opt(None, "video files: keep decoded, resized frames here (memory-mapped .npy, one "
+                                    "per video and size); later epochs and runs read them instead of decoding",
+                                    group=RUNTIME)
     # --- training ----------------------------------------------------------------------------------------------
+    train_crop: str = _opt("auto", "training crop: random_resized (RandomResizedCrop), center, or auto = "
+                           "random_resized for video files, center for the synthetic dataset",
+                           choices=("auto", "random_resized", "center"))
+    crop_scale_min: float = _opt(0.25, "random_resized: smallest share of the frame area a training crop keeps",
+                                 minimum=0.01, maximum=1.0)
+    horizontal_flip: Optional[bool] = _opt(None, "flip half the training clips left-right; none = on for video files, "
+                                           "off for the synthetic dataset (its classes include move left/right)")
+    max_bad_video_fraction: float = _opt(0.05, "training: unreadable videos are skipped with a warning; stop when more "
+                                         "than this share of a split fails", minimum=0.0, maximum=1.0)
     epochs: int = _opt(30, "training epochs", minimum=1)
     max_steps: int = _opt(0, "stop after this many optimizer steps (0 = no limit; for smoke tests)", minimum=0)
     batch_size: int = _opt(32, "clips per batch", minimum=1, group=RUNTIME)
@@ -149,7 +193,8 @@ class Settings:
                                "exact resume on GPU; slower)")
     quiet: bool = _opt(False, "no progress bars", group=RUNTIME)
     # --- inference ---------------------------------------------------------------------------------------------
-    video_dir: Optional[str] = _opt(None, "inference input: one frame folder or a folder of them", group=RUNTIME)
+    video_dir: Optional[str] = _opt(None, "inference input: a video file, a folder of videos (or of class folders of "
+                                    "videos), one frame folder or a folder of them", group=RUNTIME)
     checkpoint: Optional[str] = _opt(None, "checkpoint folder for inference (default: newest run matching the flags) "
                                      "and for --eval_only", group=RUNTIME)
     top_k: int = _opt(5, "classes printed per video", minimum=1, group=RUNTIME)
@@ -165,6 +210,10 @@ class Settings:
     repetition_penalty: float = _opt(1.0, "captioning: >1 discourages repeated tokens (1 = off)", minimum=1.0,
                                      group=RUNTIME)
     # --- evaluation and reports --------------------------------------------------------------------------------
+    test_clips: int = _opt(1, "test views: temporal clips per video (logits averaged)", minimum=1, maximum=100,
+                           group=RUNTIME)
+    test_crops: int = _opt(1, "test views: 1 (centre) or 3 (start, centre, end of the long side) crops per clip",
+                           minimum=1, maximum=3, group=RUNTIME)
     eval_only: bool = _opt(False, "main.py: evaluate --checkpoint on the test split without training (writes "
                            "eval.json, a summary row and plots beside the checkpoint)", group=RUNTIME)
     summary_csv: Optional[str] = _opt("results/summary.csv", "results table: one row appended per evaluated run; "
@@ -350,7 +399,21 @@ def validate(cfg: Settings) -> Settings:
                          "Drop --export_dir")
     if cfg.merge_lora and not cfg.export_dir:
         raise UsageError("--merge_lora True applies to --export_dir; add --export_dir DIR or drop --merge_lora")
+    check_views(cfg)
+    if cfg.dataset != "synthetic" and (cfg.captioning or cfg.use_text):
+        name = "captioning" if cfg.captioning else "use_text"
+        raise UsageError(f"--{name} True needs the captions and text hints of the synthetic dataset; --dataset "
+                         f"{cfg.dataset} has none: use --dataset synthetic or drop --{name}")
     return cfg
+
+
+def check_views(cfg: Settings) -> None:
+    """--test_clips / --test_crops: 1 or 3 crops; multi-view averages class logits, so not for captioners."""
+    if cfg.test_crops not in (1, 3):
+        raise UsageError(f"--test_crops must be 1 (centre) or 3 (start, centre, end), got {cfg.test_crops}")
+    if cfg.captioning and cfg.test_clips * cfg.test_crops > 1:
+        raise UsageError("multi-view testing averages class logits and a captioner generates text: use "
+                         "--test_clips 1 --test_crops 1 with --captioning True")
 
 
 def default_language_model(cfg: Settings) -> Optional[str]:
@@ -414,7 +477,8 @@ def settings_from_dict(data: dict[str, Any]) -> Settings:
 
 
 def run_cli(main_fn: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> int:
-    """Run a script's main; a UsageError becomes one line on stderr and exit code 2."""
+    """Run a script's main; a UsageError becomes one line on stderr and exit code 2, an IncompleteResult one line
+    and exit code 3."""
     prog = os.path.basename(sys.argv[0]) or "main.py"
     try:
         main_fn(argv)
@@ -424,6 +488,9 @@ def run_cli(main_fn: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Se
     except RunError as exc:
         print(f"{prog}: stopped: {exc}", file=sys.stderr)
         return 1
+    except IncompleteResult as exc:
+        print(f"{prog}: incomplete: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt as exc:  # Ctrl-C, or train_code.TrainingInterrupted (SIGINT/SIGTERM after a save)
         print(f"{prog}: interrupted" + (f": {exc}" if str(exc) else ""), file=sys.stderr)
         return getattr(exc, "exit_code", 130)
