@@ -339,14 +339,16 @@ class VideoTokenEncoder(nn.Module):
 class VisionLanguageClassifier(nn.Module):
     """Video tokens projected into a BERT-family encoder's embedding space, joined with text tokens.
 
-        [CLS] video_1 .. video_L [SEP] (text_1 .. text_n [SEP] pad ..)  -> encoder -> masked mean -> head
+        [CLS] video_1 .. video_L [SEP] (text_1 .. text_n [SEP] pad ..)  -> encoder -> masked mean --+-> MLP head
+        video_1 .. video_L (projected, before the encoder)                     -> mean -------------+
 
     Video tokens come from ``VideoTokenEncoder``. Token type 0 marks the video segment, 1 the text. Text is
     right-padded and masked, so padding never changes the result. Without ``use_text`` the video alone goes through
-    the encoder. The class is read from the masked mean of the encoder's output over the joint sequence, the
-    pooling sentence encoders such as MiniLM are trained with: every video token reaches the head through the
-    encoder's residual path, while attention mixes in the text. (Reading [CLS] alone left training at chance for
-    4 epochs: the pretrained encoder's [CLS] barely attends to the new video tokens at first.)
+    the encoder. The joint summary is the masked mean of the encoder's output (the pooling sentence encoders such
+    as MiniLM are trained with; reading [CLS] alone left training at chance for 4 epochs). The head also gets the
+    mean projected video token directly: with text, the pretrained encoder's attention at first goes to the real
+    words, and without this path training stayed at chance for 8 epochs on the playback task (BENCHMARKS.md). The
+    head is an MLP so it can combine what the video shows with what the text says.
     """
 
     def __init__(self, backbone: Backbone, language, cfg: Settings, num_classes: int):
@@ -357,7 +359,10 @@ class VisionLanguageClassifier(nn.Module):
         config = self.lm.config
         width = config.hidden_size
         self.project = nn.Sequential(nn.Linear(backbone.feature_dim, width), nn.GELU(), nn.Linear(width, width))
-        self.head = nn.Sequential(nn.LayerNorm(width), nn.Dropout(cfg.head_dropout), nn.Linear(width, num_classes))
+        # the head reads [video summary; joint summary]: an MLP, so it can combine what the video shows with what the
+        # text says (e.g. "played backwards" flips the direction seen), which one linear layer cannot
+        self.head = nn.Sequential(nn.LayerNorm(2 * width), nn.Dropout(cfg.head_dropout), nn.Linear(2 * width, width),
+                                  nn.GELU(), nn.Linear(width, num_classes))
         self.use_text, self.max_text_tokens = cfg.use_text, cfg.max_text_tokens
         self.max_video_tokens = cfg.max_video_tokens
         self.use_token_types = getattr(config, "type_vocab_size", 0) >= 2
@@ -416,7 +421,9 @@ class VisionLanguageClassifier(nn.Module):
         hidden = self.lm(inputs_embeds=inputs, attention_mask=attention_mask, **kwargs).last_hidden_state
         keep = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, S, 1]
         pooled = (hidden * keep).sum(1) / keep.sum(1)  # masked mean of the joint sequence: [B, D]
-        logits = self.head(pooled)  # [B, num_classes]
+        # the projected video tokens also reach the head directly, so the video encoder learns even while the
+        # language model's attention still favours the (real-word) text tokens over the new video tokens
+        logits = self.head(torch.cat([video.mean(1).to(pooled.dtype), pooled], dim=-1))  # [B, num_classes]
         loss = None
         if labels is not None:
             loss = classification_loss(logits, labels, self.label_smoothing)
