@@ -453,7 +453,7 @@ class MultiViewClassifier(nn.Module):
                               for v in range(pixel_values.shape[1])], dim=1).mean(1)  # [B, V, K] -> [B, K]
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+            loss = classification_loss(logits, labels, self.label_smoothing)
         return ClassifierOutput(loss=loss, logits=logits)
 
 

@@ -49,10 +49,11 @@ def class_metrics(result: dict, keep: torch.Tensor, class_names: list, pairs: Op
     unlabelled ones are left out this way. The loss is the models' own: cross-entropy of the logits with the
     run's label smoothing."""
     from train_code import classification_report, topk_correct
+    from build_model import classification_loss
     logits, labels = result["logits"][keep], result["labels"][keep]  # [n, K], [n]
     hits, n = topk_correct(logits, labels), len(labels)
     report = classification_report(logits.argmax(-1), labels, class_names, pairs)
-    loss = torch.nn.functional.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing).item()
+    loss = classification_loss(logits, labels, label_smoothing).item()
     headline = dict(top1=hits[1] / n, top5=hits[5] / n, mean_class_accuracy=report.pop("mean_class_accuracy"),
                     loss=loss, **{k: report.pop(k) for k in ("family_accuracy", "direction_accuracy") if k in report})
     return headline, report
