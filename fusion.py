@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ssm import MambaMixer
+from ssm import Mamba2Mixer, MambaMixer
 
 
 class TransformerFusion(nn.Module):
@@ -52,11 +52,12 @@ class MambaFusion(nn.Module):
     order_aware = True
 
     def __init__(self, dim: int, depth: int = 2, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 dropout: float = 0.1, bidirectional: bool = True, **_unused):
+                 dropout: float = 0.1, bidirectional: bool = True, head_dim: int = 64, **_unused):
         super().__init__()
         self.sees_whole_sequence = bidirectional
         self.norms = nn.ModuleList(nn.RMSNorm(dim) for _ in range(depth))
-        self.mixers = nn.ModuleList(MambaMixer(dim, d_state, d_conv, expand, bidirectional) for _ in range(depth))
+        self.mixers = nn.ModuleList(self.build_mixer(dim, d_state, d_conv, expand, head_dim, bidirectional)
+                                    for _ in range(depth))
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.RMSNorm(dim)
 
@@ -65,6 +66,21 @@ class MambaFusion(nn.Module):
         for norm, mixer in zip(self.norms, self.mixers):
             x = x + self.dropout(mixer(norm(x), padding_mask))
         return self.norm(x)
+
+
+    @staticmethod
+    def build_mixer(dim, d_state, d_conv, expand, head_dim, bidirectional) -> nn.Module:
+        return MambaMixer(dim, d_state, d_conv, expand, bidirectional)  # Mamba-1 has no heads
+
+
+class Mamba2Fusion(MambaFusion):
+    """:class:`MambaFusion` with Mamba-2 (SSD) mixers: one decay per head instead of per channel and state index,
+    which turns the scan into chunked matrix products (ssm.py). Faster than Mamba-1 wherever no fused kernel runs
+    the Mamba-1 scan (CPU, GPUs without mamba-ssm); ``head_dim`` channels per head."""
+
+    @staticmethod
+    def build_mixer(dim, d_state, d_conv, expand, head_dim, bidirectional) -> nn.Module:
+        return Mamba2Mixer(dim, d_state, d_conv, expand, head_dim, bidirectional)
 
 
 class MeanFusion(nn.Module):
@@ -80,7 +96,7 @@ class MeanFusion(nn.Module):
 
 
 FUSION_LAYERS: dict[str, type[nn.Module]] = {"transformer": TransformerFusion, "mamba": MambaFusion,
-                                             "mean": MeanFusion}
+                                             "mamba2": Mamba2Fusion, "mean": MeanFusion}
 
 VIDEO_MODALITY = 0
 
@@ -89,7 +105,7 @@ def fusion_options(cfg) -> dict:
     """The fusion-layer keyword arguments from settings (``fusion_*`` keys)."""
     return dict(depth=cfg.fusion_depth, n_heads=cfg.fusion_n_heads, dropout=cfg.fusion_dropout,
                 d_state=cfg.fusion_d_state, d_conv=cfg.fusion_d_conv, expand=cfg.fusion_expand,
-                bidirectional=cfg.fusion_bidirectional)
+                bidirectional=cfg.fusion_bidirectional, head_dim=cfg.fusion_head_dim)
 
 
 class TemporalFusionEncoder(nn.Module):
@@ -97,7 +113,8 @@ class TemporalFusionEncoder(nn.Module):
 
     def __init__(self, in_dim: int, dim: int, fusion: str = "transformer", max_len: int = 1024,
                  num_modalities: int = 2, **layer_options):
-        """``layer_options`` go to the fusion layer: depth, n_heads, dropout, d_state, d_conv, expand, bidirectional."""
+        """``layer_options`` go to the fusion layer: depth, n_heads, dropout, d_state, d_conv, expand, bidirectional,
+        head_dim."""
         super().__init__()
         if fusion not in FUSION_LAYERS:
             raise ValueError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSION_LAYERS)}")

@@ -83,8 +83,8 @@ class Settings:
                            choices=("tiny", "small", "base"), group=MODEL)
     pretrained: Optional[str] = _opt(None, "Hub id or local folder with pretrained weights; none = random init",
                                      group=MODEL)
-    fusion: str = _opt("transformer", "temporal fusion after a per-frame (timm) backbone: transformer, mamba, or "
-                       "'mean' = frame averaging", choices=_fusion_choices, group=MODEL)
+    fusion: str = _opt("transformer", "temporal fusion after a per-frame (timm) backbone: transformer, mamba "
+                       "(Mamba-1), mamba2 (Mamba-2, SSD) or 'mean' = frame averaging", choices=_fusion_choices, group=MODEL)
     fusion_depth: int = _opt(2, "fusion layers", minimum=1, group=MODEL)
     fusion_n_heads: int = _opt(4, "attention heads in the fusion layers", minimum=1, group=MODEL)
     fusion_dim: int = _opt(0, "fusion width; 0 = the backbone's feature width", minimum=0, group=MODEL)
@@ -94,6 +94,8 @@ class Settings:
     fusion_expand: int = _opt(2, "Mamba fusion: inner width = expand * fusion width", minimum=1, group=MODEL)
     fusion_bidirectional: bool = _opt(True, "Mamba fusion: scan both ways (non-causal, VideoMamba); False = causal",
                                       group=MODEL)
+    fusion_head_dim: int = _opt(64, "Mamba-2 fusion: channels per head (divides expand * fusion width)", minimum=1,
+                                group=MODEL)
     head_dropout: float = _opt(0.0, "dropout before the classification head", minimum=0.0, maximum=1.0,
                                group=MODEL)
     freeze_visionbackbone: bool = _opt(False, "train only what follows the backbone (fusion and head)",

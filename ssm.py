@@ -196,7 +196,8 @@ def _causal_depthwise_conv_silu(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tenso
     if x.is_cuda and _cuda_causal_conv1d is not None:
         weight, bias = conv.weight.squeeze(1).to(x.dtype), conv.bias.to(x.dtype)  # the kernel wants one dtype
         return _cuda_causal_conv1d(x.transpose(1, 2).contiguous(), weight, bias, activation="silu").transpose(1, 2)
-    return F.silu(conv(x.transpose(1, 2))[..., :length].transpose(1, 2))
+    # contiguous before the SiLU: on a transposed view its backward takes a slow strided path (about 2x slower)
+    return F.silu(conv(x.transpose(1, 2))[..., :length].transpose(1, 2).contiguous())
 
 
 class SelectiveSSM(nn.Module):
@@ -263,3 +264,155 @@ class MambaMixer(nn.Module):
             flipped_keep = None if keep is None else keep.flip(1)
             y = (y + self.backward_ssm(x.flip(1), flipped_keep).flip(1)) / 2
         return self.out_proj(y * F.silu(z))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Mamba-2: structured state space duality (SSD)
+# ----------------------------------------------------------------------------------------------------------------------
+# Mamba-2 (Dao & Gu, 2024) restricts the decay to one scalar per head and time step, a[t, h] = exp(dt[t, h] A[h]).
+# The state of head h is a matrix h[t] [P, N] (P = head width), and the recurrence is
+#
+#     h[t] = a[t] h[t-1] + dt[t] x[t] B[t]^T          y[t] = h[t] C[t]
+#
+# Because a[t] does not depend on the channel or the state index, the output inside a chunk of Q steps is a masked
+# "attention" product, y = (L * (C B^T)) (dt x) with L[t, s] = a[s+1] ... a[t] (1 on the diagonal, 0 above it), and
+# the state at a chunk's end is a product too. Everything is matrix multiplication over [Q, Q] or [Q, N] blocks; the
+# only sequential part, carrying states from chunk to chunk, is again a (tiny) masked matrix product. This is what
+# makes Mamba-2 fast without custom kernels on a CPU, where Mamba-1's per-channel decay makes the scan elementwise
+# and memory-bound. Autograd differentiates it directly; nothing of size [B, L, H, P, N] is ever built.
+
+try:  # optional Triton kernels for the SSD scan (CUDA); never required
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined as _cuda_ssd_scan
+except Exception:
+    _cuda_ssd_scan = None
+
+SSD_CHUNK_LEN = 64
+
+
+def segment_sums(log_decay: torch.Tensor) -> torch.Tensor:
+    """log_decay [..., T] -> [..., T, T] with out[i, j] = sum(log_decay[j+1 : i+1]) for j <= i, -inf above.
+
+    exp(out) is the lower-triangular decay matrix L. Summing masked copies (instead of subtracting two cumulative
+    sums) keeps it exact when the cumulative sums grow large over a long sequence.
+    """
+    length = log_decay.shape[-1]
+    below = torch.ones(length, length, dtype=torch.bool, device=log_decay.device).tril(-1)
+    sums = log_decay.unsqueeze(-1).expand(*log_decay.shape, length).masked_fill(~below, 0.0).cumsum(-2)
+    return sums.masked_fill(~below.logical_or(torch.eye(length, dtype=torch.bool, device=log_decay.device)),
+                            float("-inf"))
+
+
+def ssd_chunked_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                     chunk_len: int = SSD_CHUNK_LEN) -> torch.Tensor:
+    """x [B, L, H, P]; dt [B, L, H] (positive); A [H] (negative); B, C [B, L, N] -> y [B, L, H, P] (fp32 math).
+
+    Pure PyTorch, parallel over the sequence: O(L Q) work, no Python loop over time or chunks.
+    """
+    batch, length, heads, head_dim = x.shape
+    pad = (-length) % chunk_len
+    # padded steps: dt = 0 (decay 1, no drive) and C = 0 (no output); they are cut off at the end
+    x, B, C = (F.pad(t, (0, 0, 0, pad)) if t.dim() == 3 else F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+    dt = F.pad(dt, (0, 0, 0, pad))
+    n_chunks = (length + pad) // chunk_len
+    x = x.view(batch, n_chunks, chunk_len, heads, head_dim).permute(0, 3, 1, 2, 4)  # [B, H, nc, Q, P]
+    dt = dt.view(batch, n_chunks, chunk_len, heads).permute(0, 3, 1, 2)  # [B, H, nc, Q]
+    B = B.view(batch, 1, n_chunks, chunk_len, -1)  # [B, 1, nc, Q, N] (shared by the heads)
+    C = C.view(batch, 1, n_chunks, chunk_len, -1)
+    x_dt = x * dt.unsqueeze(-1)  # [B, H, nc, Q, P]
+    log_decay = dt * A.view(1, heads, 1, 1)  # [B, H, nc, Q]
+
+    decay = segment_sums(log_decay).exp()  # L: [B, H, nc, Q(t), Q(s)]
+    y_inside = (C @ B.transpose(-1, -2) * decay) @ x_dt  # [B, H, nc, Q, P]
+
+    # each chunk's own end state (from zero), then the state entering every chunk from the ones before it
+    end_states = (x_dt * decay[..., -1, :].unsqueeze(-1)).transpose(-1, -2) @ B  # [B, H, nc, P, N]
+    chunk_log_decay = log_decay.sum(-1)  # [B, H, nc]
+    carry = segment_sums(chunk_log_decay).exp()  # [B, H, nc(to), nc(from)]: decay between chunk ends
+    true_ends = (carry @ end_states.flatten(-2)).view_as(end_states)  # [B, H, nc, P, N]
+    starts = F.pad(true_ends[:, :, :-1], (0, 0, 0, 0, 1, 0))  # state entering chunk c = true end of chunk c-1
+    from_start = log_decay.cumsum(-1).exp().unsqueeze(-1)  # a[0] ... a[t] within the chunk: [B, H, nc, Q, 1]
+    y_carried = (C @ starts.transpose(-1, -2)) * from_start  # [B, H, nc, Q, P]
+
+    y = (y_inside + y_carried).permute(0, 2, 3, 1, 4).reshape(batch, n_chunks * chunk_len, heads, head_dim)
+    return y[:, :length]
+
+
+def ssd_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             chunk_len: int = SSD_CHUNK_LEN) -> torch.Tensor:
+    """The SSD scan in x's dtype, computed in fp32: mamba-ssm's Triton kernel for CUDA tensors when installed,
+    :func:`ssd_chunked_scan` otherwise. Shapes as in :func:`ssd_chunked_scan`."""
+    out_dtype = x.dtype
+    if x.is_cuda and _cuda_ssd_scan is not None:
+        y = _cuda_ssd_scan(x.float().contiguous(), dt.float().contiguous(), A.float(),
+                           B.float().unsqueeze(2).contiguous(), C.float().unsqueeze(2).contiguous(), chunk_len)
+        return y.to(out_dtype)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        y = ssd_chunked_scan(x.float(), dt.float(), A.float(), B.float(), C.float(), chunk_len)
+    return y.to(out_dtype)
+
+
+class SSDBranch(nn.Module):
+    """One scan direction of a Mamba-2 mixer: causal conv over (x, B, C) -> SSD scan -> + D x.
+
+    xbc [B, L, D_inner + 2N], dt_raw [B, L, H], keep [B, L, 1] or None -> y [B, L, D_inner]. Padding gets x = 0 and
+    dt = 0, so the state passes through it unchanged (as in :class:`SelectiveSSM`).
+    """
+
+    def __init__(self, d_inner: int, d_state: int, d_conv: int, heads: int, dt_min: float = 1e-3,
+                 dt_max: float = 0.1):
+        super().__init__()
+        self.d_inner, self.d_state, self.heads = d_inner, d_state, heads
+        channels = d_inner + 2 * d_state
+        self.conv = nn.Conv1d(channels, channels, d_conv, groups=channels, padding=d_conv - 1)
+        dt = torch.exp(torch.rand(heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus of the initial dt
+        self.A_log = nn.Parameter(torch.log(torch.empty(heads).uniform_(1, 16)))  # A = -exp(A_log) in [-16, -1]
+        self.D = nn.Parameter(torch.ones(heads))
+
+    def forward(self, xbc: torch.Tensor, dt_raw: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if keep is not None:
+            xbc = xbc * keep
+        xbc = _causal_depthwise_conv_silu(xbc, self.conv)  # [B, L, D_inner + 2N]
+        if keep is not None:
+            xbc = xbc * keep
+        x, B, C = xbc.split([self.d_inner, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(dt_raw.float() + self.dt_bias.float())  # [B, L, H], fp32
+        if keep is not None:
+            dt = dt * keep
+        heads_x = x.unflatten(-1, (self.heads, -1))  # [B, L, H, P]
+        y = ssd_scan(heads_x, dt, -torch.exp(self.A_log.float()), B, C)
+        y = y + heads_x * self.D.to(x.dtype).unsqueeze(-1)
+        return y.flatten(-2)  # [B, L, D_inner]
+
+
+class Mamba2Mixer(nn.Module):
+    """Mamba-2 block body: in_proj -> (z, x, B, C, dt); SSD branch (and a reversed one when bidirectional); gated
+    RMSNorm(y * silu(z)) -> out_proj. As in :class:`MambaMixer`, the bidirectional mode shares the projections and
+    gives each direction its own conv, dt bias, A and D, and averages the two.
+
+    x [B, L, D] with padding_mask [B, L] (True = padding) -> [B, L, D].
+    """
+
+    def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, head_dim: int = 64,
+                 bidirectional: bool = True):
+        super().__init__()
+        d_inner = expand * dim
+        if d_inner % head_dim:
+            raise ValueError(f"Mamba-2 inner width {d_inner} (= expand {expand} x width {dim}) is not divisible by "
+                             f"fusion_head_dim {head_dim}; set --fusion_head_dim to a divisor of {d_inner}")
+        heads = d_inner // head_dim
+        self.sizes = [d_inner, d_inner + 2 * d_state, heads]  # z, (x, B, C), dt
+        self.in_proj = nn.Linear(dim, sum(self.sizes), bias=False)
+        self.forward_ssd = SSDBranch(d_inner, d_state, d_conv, heads)
+        self.backward_ssd = SSDBranch(d_inner, d_state, d_conv, heads) if bidirectional else None
+        self.norm = nn.RMSNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        keep = None if padding_mask is None else (~padding_mask).unsqueeze(-1).to(x.dtype)  # [B, L, 1]
+        z, xbc, dt_raw = self.in_proj(x).split(self.sizes, dim=-1)
+        y = self.forward_ssd(xbc, dt_raw, keep)
+        if self.backward_ssd is not None:
+            flipped_keep = None if keep is None else keep.flip(1)
+            y = (y + self.backward_ssd(xbc.flip(1), dt_raw.flip(1), flipped_keep).flip(1)) / 2
+        return self.out_proj(self.norm(y * F.silu(z)))

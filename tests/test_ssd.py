@@ -1,0 +1,168 @@
+"""The Mamba-2 (SSD) chunked scan against a sequential reference, and the Mamba-2 fusion layer built on it."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ssm
+from fusion import FUSION_LAYERS, Mamba2Fusion, TemporalFusionEncoder
+
+
+def sequential_ssd(x, dt, A, B, C):
+    """Reference, one step at a time. x [B, L, H, P]; dt [B, L, H]; A [H]; B, C [B, L, N] -> y [B, L, H, P].
+
+    h[t] = exp(dt[t] A) h[t-1] + dt[t] x[t] B[t]^T (a [P, N] matrix per head); y[t] = h[t] C[t].
+    """
+    batch, length, heads, head_dim = x.shape
+    state = x.new_zeros(batch, heads, head_dim, B.shape[-1])
+    ys = []
+    for t in range(length):
+        decay = torch.exp(dt[:, t] * A)[..., None, None]  # [B, H, 1, 1]
+        drive = (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, None, None, :]  # [B, H, P, N]
+        state = decay * state + drive
+        ys.append((state * C[:, t, None, None, :]).sum(-1))
+    return torch.stack(ys, dim=1)
+
+
+def ssd_inputs(batch, length, heads=3, head_dim=5, d_state=4, seed=0, dt_shift=-1.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, length, heads, head_dim, generator=g)
+    dt = F.softplus(torch.randn(batch, length, heads, generator=g) + dt_shift)
+    A = -torch.rand(heads, generator=g) * 4 - 0.1
+    B = torch.randn(batch, length, d_state, generator=g)
+    C = torch.randn(batch, length, d_state, generator=g)
+    return [t.requires_grad_() for t in (x, dt, A, B, C)]
+
+
+def outputs_and_grads(fn, inputs, grad_out):
+    y = fn(*inputs)
+    return [y, *torch.autograd.grad(y, inputs, grad_out)]
+
+
+@pytest.mark.parametrize("length,chunk_len", [(1, 4), (7, 4), (8, 4), (37, 8), (130, 16), (65, 64)])
+def test_ssd_scan_matches_sequential_reference(length, chunk_len):
+    inputs = ssd_inputs(2, length)
+    grad_out = torch.randn(2, length, 3, 5)
+    fast = outputs_and_grads(lambda *a: ssm.ssd_chunked_scan(*a, chunk_len=chunk_len), inputs, grad_out)
+    reference = outputs_and_grads(sequential_ssd, inputs, grad_out)
+    for name, got, expected in zip(["y", "dx", "ddt", "dA", "dB", "dC"], fast, reference):
+        torch.testing.assert_close(got, expected, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_ssd_scan_stays_exact_over_long_strongly_decaying_sequences():
+    """Cumulative log-decays reach thousands over 600 steps: the chunk carry must not subtract two of them."""
+    inputs = [t.detach() for t in ssd_inputs(1, 600, dt_shift=1.5)]
+    y = ssm.ssd_chunked_scan(*inputs, chunk_len=16)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, sequential_ssd(*inputs))
+
+
+def test_ssd_scan_work_does_not_loop_over_time():
+    """The same number of tensor operations for 64 and 4096 steps: nothing in the scan loops over time or chunks."""
+    def op_count(length):
+        inputs = [t.detach() for t in ssd_inputs(1, length, heads=1, head_dim=2, d_state=2)]
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            ssm.ssd_chunked_scan(*inputs)
+        return sum(event.count for event in prof.key_averages())
+    assert op_count(4096) == op_count(64)
+
+
+def test_ssd_scan_keeps_fp32_under_bf16_autocast():
+    inputs = [t.detach() for t in ssd_inputs(2, 200)]
+    reference = sequential_ssd(*inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ssm.ssd_scan(inputs[0].bfloat16(), *inputs[1:])
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    torch.testing.assert_close(y.float(), reference, rtol=0.05, atol=0.1)  # only x was rounded to bf16
+
+
+def test_mixer_rejects_a_head_width_that_does_not_divide():
+    with pytest.raises(ValueError, match="fusion_head_dim"):
+        ssm.Mamba2Mixer(12, expand=2, head_dim=7)
+
+
+def test_padding_does_not_change_real_positions_in_either_direction():
+    torch.manual_seed(0)
+    mixer = ssm.Mamba2Mixer(16, d_state=4, head_dim=8, bidirectional=True).eval()
+    x = torch.randn(1, 5, 16)
+    padded = torch.cat([x, torch.randn(1, 3, 16) * 10], dim=1)  # right padding with junk
+    mask = torch.tensor([[False] * 5 + [True] * 3])
+    torch.testing.assert_close(mixer(padded, mask)[:, :5], mixer(x), rtol=1e-5, atol=1e-5)
+    left = torch.cat([torch.randn(1, 2, 16) * 10, x], dim=1)  # left padding
+    left_mask = torch.tensor([[True] * 2 + [False] * 5])
+    torch.testing.assert_close(mixer(left, left_mask)[:, 2:], mixer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_bidirectional_mixer_matches_reference_built_from_sequential_scans():
+    torch.manual_seed(0)
+    mixer = ssm.Mamba2Mixer(8, d_state=4, head_dim=4, bidirectional=True)
+    x = torch.randn(2, 11, 8, requires_grad=True)
+    mask = torch.zeros(2, 11, dtype=torch.bool)
+    mask[1, 8:] = True
+    fast = mixer(x, mask)
+    (fast_grad,) = torch.autograd.grad(fast.square().sum(), x)
+    original = ssm.ssd_scan
+    ssm.ssd_scan = lambda x_, dt, A, B, C, chunk_len=None: sequential_ssd(x_, dt, A, B, C)
+    try:
+        slow = mixer(x, mask)
+        (slow_grad,) = torch.autograd.grad(slow.square().sum(), x)
+    finally:
+        ssm.ssd_scan = original
+    torch.testing.assert_close(fast, slow)
+    torch.testing.assert_close(fast_grad, slow_grad)
+
+
+def test_causal_mixer_does_not_look_ahead_and_bidirectional_does():
+    torch.manual_seed(0)
+    x = torch.randn(1, 10, 8)
+    changed = x.clone()
+    changed[:, 7:] += 1.0
+    causal = ssm.Mamba2Mixer(8, d_state=4, head_dim=4, bidirectional=False)
+    torch.testing.assert_close(causal(x)[:, :7], causal(changed)[:, :7])
+    both = ssm.Mamba2Mixer(8, d_state=4, head_dim=4, bidirectional=True)
+    assert not torch.allclose(both(x)[:, :7], both(changed)[:, :7])
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_mamba2_fusion_encoder_reads_a_token_that_saw_every_frame(bidirectional):
+    torch.manual_seed(0)
+    encoder = TemporalFusionEncoder(12, 16, "mamba2", depth=1, d_state=4, dropout=0.0, head_dim=8,
+                                    bidirectional=bidirectional).eval()
+    frames = torch.randn(2, 6, 12)
+    last_changed = frames.clone()
+    last_changed[:, -1] += 1.0
+    assert not torch.allclose(encoder(frames), encoder(last_changed))
+    padded = torch.cat([frames, torch.randn(2, 2, 12)], dim=1)
+    mask = torch.tensor([[False] * 6 + [True] * 2] * 2)
+    torch.testing.assert_close(encoder(padded, mask), encoder(frames), rtol=1e-5, atol=1e-5)
+
+
+def test_mamba2_fusion_trains_in_bf16_without_nan_and_learns():
+    torch.manual_seed(0)
+    layer = Mamba2Fusion(32, depth=2, d_state=8, head_dim=16, dropout=0.0)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=3e-3)
+    x = torch.randn(4, 50, 32)
+    target = torch.roll(x, shifts=1, dims=1)  # needs the previous token: only the scan can provide it
+    losses = []
+    for _ in range(30):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.mse_loss(layer(x).float(), target)
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert layer.mixers[0].forward_ssd.A_log.dtype == torch.float32
+
+
+def test_mamba2_is_in_the_fusion_registry():
+    assert FUSION_LAYERS["mamba2"] is Mamba2Fusion
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and ssm._cuda_ssd_scan is not None),
+                    reason="needs mamba-ssm's Triton kernels and a CUDA GPU")
+def test_cuda_ssd_kernel_agrees_with_pytorch_scan():
+    inputs = [t.detach() for t in ssd_inputs(2, 257, heads=4, head_dim=16, d_state=16)]
+    cpu = ssm.ssd_chunked_scan(*inputs)
+    gpu = ssm.ssd_scan(*[t.cuda() for t in inputs])
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
