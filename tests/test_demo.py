@@ -157,7 +157,8 @@ def test_bad_flags_are_one_line_and_exit_2(argv, expected, tmp_path, capsys, mon
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
-def find_browser():
+@pytest.fixture
+def browser():
     """(playwright's sync API, a Chromium executable), or a pytest.skip saying what to install."""
     try:
         from playwright.sync_api import sync_playwright
@@ -208,8 +209,9 @@ def server(checkpoint, tmp_path):
         process.wait(timeout=30)
 
 
-def test_browser_shows_the_prediction_of_an_example_and_survives_a_bad_upload(model, examples, server, tmp_path):
-    sync_playwright, browser_path = find_browser()
+def test_browser_shows_the_prediction_of_an_example_and_survives_a_bad_upload(browser, server, model, examples,
+                                                                               tmp_path):
+    sync_playwright, browser_path = browser
     expected = demo.predict_example(model, examples[1], None, LIMITS).prediction.top[0][0]
     (tmp_path / "notes.txt").write_text("not a video")
     screenshot = tmp_path / "demo_page.png"
@@ -234,3 +236,45 @@ def test_browser_shows_the_prediction_of_an_example_and_survives_a_bad_upload(mo
             browser.close()
     assert screenshot.stat().st_size > 10_000
     print(f"screenshot of the demo page: {screenshot}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# vision + language checkpoints: a text box, a caption
+# ----------------------------------------------------------------------------------------------------------------
+def untrained_vlm(tiny_dataset, folder, flags):
+    """A checkpoint folder of an untrained vision + language model (random weights; what matters here is the path
+    from the folder to the page), written as main.py writes one."""
+    from build_model import build_model
+    from checkpointing import save_checkpoint
+    from VLoader import read_annotations, read_class_names
+    cfg, _, _ = resolve(["--data_root", tiny_dataset, *TINY_FLAGS, "--use_vlm", "True", "--use_text", "True", *flags],
+                        "main.py", "")
+    class_names = read_class_names(tiny_dataset)
+    built = build_model(cfg, len(class_names), verbose=False,
+                        caption_texts=[r["caption"] for r in read_annotations(tiny_dataset, "train")])
+    run_config = dict(settings=cfg.to_dict(), model_info=built.info, class_names=class_names)
+    return save_checkpoint(str(folder), built.model.state_dict(), run_config, write_assets=built.write_assets)
+
+
+def test_captioner_with_text_reads_the_box_and_shows_a_caption(tiny_dataset, examples, tmp_path):
+    folder = untrained_vlm(tiny_dataset, tmp_path / "cap", ["--captioning", "True", "--max_new_tokens", "6"])
+    captioner, limits = load(["--checkpoint", folder])
+    assert captioner.reads_text and not captioner.classifier
+    refused = demo.predict_file(captioner, examples[0].path, "a.mp4", "  ", limits)
+    assert refused.prediction is None and "this model reads text" in refused.message
+    result = demo.predict_example(captioner, examples[0], None, limits)  # empty box: the example's hint
+    assert result.prediction.text == examples[0].hint and "reference caption: " in result.message
+    assert isinstance(result.prediction.caption, str) and not result.prediction.top
+    message, headline, figure, style, frames = demo.render(result)
+    assert headline == f"Caption: {result.prediction.caption}" and style == {"display": "none"} and len(frames) == 4
+    assert f"text: “{examples[0].hint}”" in message
+
+
+def test_text_classifier_answers_for_the_text_typed(tiny_dataset, examples, tmp_path):
+    folder = untrained_vlm(tiny_dataset, tmp_path / "vlm", ["--language_model", "bert"])
+    classifier, limits = load(["--checkpoint", folder])
+    assert classifier.reads_text and classifier.classifier
+    typed = demo.predict_example(classifier, examples[0], "the shape changes size", limits).prediction
+    hint = demo.predict_example(classifier, examples[0], "", limits).prediction
+    assert typed.text == "the shape changes size" and hint.text == examples[0].hint
+    assert [p for _, p in typed.top] != [p for _, p in hint.top]  # the text reaches the model
