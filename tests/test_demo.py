@@ -133,6 +133,11 @@ def test_render_shows_the_top_class_chart_and_frames(model, examples):
     assert len(frames) == 4 and frames[0].src.startswith("data:image/png;base64,")
 
 
+def test_without_checkpoint_flag_the_newest_run_is_served(checkpoint):
+    runs = os.path.dirname(os.path.dirname(checkpoint))
+    assert load(["--output_dir", runs])[0].folder == checkpoint
+
+
 def test_without_a_checkpoint_says_how_to_train_one(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run_cli(demo.main, ["--output_dir", str(tmp_path / "none")]) == 2
