@@ -21,7 +21,7 @@ import base64
 import binascii
 import io
 import os
-import sys
+import socket
 import tempfile
 import threading
 import traceback
@@ -65,10 +65,21 @@ def demo_flags(parser: argparse.ArgumentParser) -> None:
 def limits_from_flags(ns: argparse.Namespace) -> Limits:
     if not 0 < ns.port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {ns.port}")
-    if ns.max_upload_mb <= 0 or ns.max_video_seconds <= 0:
+    if not (ns.max_upload_mb > 0 and ns.max_video_seconds > 0):  # NaN too
         raise UsageError(f"--max_upload_mb and --max_video_seconds must be > 0, got {ns.max_upload_mb} and "
                          f"{ns.max_video_seconds}")
     return Limits(int(ns.max_upload_mb * 1e6), float(ns.max_video_seconds))
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail before loading the model when the address cannot be served (port taken, unknown host)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+            probe.bind((host, port))
+    except OSError as exc:
+        raise UsageError(f"cannot serve on {host}:{port} ({exc.strerror or exc}); pick another --port (or "
+                         f"--host)") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,13 +118,12 @@ def load_demo_model(cli: Settings, explicit: set[str]) -> DemoModel:
     from build_model import rebuild_from_checkpoint
     from checkpointing import read_run_config
     from inference import merge_with_checkpoint, pick_checkpoint
-    from settings import check_views, settings_from_dict
+    from settings import settings_from_dict
     from train_code import make_accelerator
     folder = pick_checkpoint(cli, explicit)
     run_config = read_run_config(folder)
     cfg = merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli, explicit, folder)
     cfg = replace(cfg, test_clips=1, test_crops=1, num_workers=0)  # the page shows the frames of one view
-    check_views(cfg)
     accelerator = make_accelerator(cfg)
     built = rebuild_from_checkpoint(cfg, run_config, folder)
     model = built.model.to(accelerator.device).eval()
@@ -402,6 +412,7 @@ def build_app(demo: DemoModel, examples: list[Example], limits: Limits, folder: 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     cli, explicit, ns = resolve(argv, "demo.py", __doc__.splitlines()[0], extra=demo_flags, check=False)
     limits = limits_from_flags(ns)
+    check_address(ns.host, ns.port)
     demo = load_demo_model(cli, explicit)
     with tempfile.TemporaryDirectory(prefix="video-demo-") as folder:
         examples = write_examples(demo.cfg, demo.class_names, os.path.join(folder, "examples"))

@@ -156,6 +156,17 @@ def test_bad_flags_are_one_line_and_exit_2(argv, expected, tmp_path, capsys, mon
     assert len(err) == 1 and expected in err[0], err
 
 
+def test_a_port_in_use_is_one_line_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert run_cli(demo.main, ["--port", str(port), "--output_dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot serve on 127.0.0.1:{port}" in err[0] and "pick another --port" in err[0]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # a real browser against the running server
 # ----------------------------------------------------------------------------------------------------------------
