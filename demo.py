@@ -241,7 +241,8 @@ def predict_file(demo: DemoModel, path: str, name: str, text: Optional[str], lim
         return Result(str(exc))
     except Exception as exc:  # a failure inside the model must not take the page down; the log gets the traceback
         traceback.print_exc()
-        return Result(f"the model failed on {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        first_line = (str(exc).splitlines() or [""])[0][:300]
+        return Result(f"the model failed on {name}: {type(exc).__name__}: {first_line}")
     return Result(f"{name}: {len(prediction.frames)} frames sampled", prediction)
 
 

@@ -225,11 +225,13 @@ def server(checkpoint, tmp_path):
         process.wait(timeout=30)
 
 
-def test_browser_shows_the_prediction_of_an_example_and_survives_a_bad_upload(browser, server, model, examples,
+def test_browser_shows_the_prediction_of_an_example_and_survives_bad_uploads(browser, server, model, examples,
                                                                                tmp_path):
     sync_playwright, browser_path = browser
     expected = demo.predict_example(model, examples[1], None, LIMITS).prediction.top[0][0]
     (tmp_path / "notes.txt").write_text("not a video")
+    big = tmp_path / "big.mp4"
+    big.write_bytes(b"\0" * 3_000_000)
     screenshot = tmp_path / "demo_page.png"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, headless=True, args=["--no-sandbox"])
@@ -246,6 +248,9 @@ def test_browser_shows_the_prediction_of_an_example_and_survives_a_bad_upload(br
             page.set_input_files("#upload input[type=file]", str(tmp_path / "notes.txt"))
             page.wait_for_selector("#message:has-text('notes.txt is not a video file')", timeout=30_000)
             assert page.inner_text("#prediction") == ""
+            page.set_input_files("#upload input[type=file]", str(big))  # over --max_upload_mb 2: only its size is sent
+            page.wait_for_selector("#message:has-text('big.mp4 is too large: 3.0 MB, the limit is 2.0 MB')",
+                                   timeout=30_000)
             page.set_input_files("#upload input[type=file]", examples[1].path)  # still serving
             page.wait_for_selector(f"#prediction:has-text('Prediction: {expected}')", timeout=30_000)
         finally:
