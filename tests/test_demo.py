@@ -1,0 +1,301 @@
+"""The browser demo (demo.py): its handlers on a tiny trained checkpoint, the CLI's errors, and a real headless
+Chromium driving the running server (skipped, saying why, when no browser is installed)."""
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+import demo
+import dummy_data
+import inference
+import main as train_main
+from conftest import ROOT, TINY_FLAGS
+from settings import resolve, run_cli
+from video_io import decode_all_frames, write_video
+
+LIMITS = demo.Limits(max_bytes=2_000_000, max_seconds=60.0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_dataset, tmp_path_factory):
+    """A 2-step VideoMAE-tiny classifier on the 4-class tiny dataset (4 frames, 32 px)."""
+    out = str(tmp_path_factory.mktemp("demo_runs"))
+    train_main.main(["--data_root", tiny_dataset, "--output_dir", out, "--run_name", "tiny", "--epochs", "1",
+                     "--max_steps", "2", "--batch_size", "8", *TINY_FLAGS, "--quiet", "--summary_csv", "none",
+                     "--speed_repeats", "0"])
+    return os.path.join(out, "tiny", "best")
+
+
+def load(argv):
+    cli, explicit, ns = resolve(argv, "demo.py", "", extra=demo.demo_flags, check=False)
+    return demo.load_demo_model(cli, explicit), demo.limits_from_flags(ns)
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load(["--checkpoint", checkpoint])[0]
+
+
+@pytest.fixture(scope="module")
+def examples(model, tmp_path_factory):
+    return demo.write_examples(model.cfg, model.class_names, str(tmp_path_factory.mktemp("examples")))
+
+
+def encoded(path):
+    return base64.b64encode(open(path, "rb").read()).decode("ascii")
+
+
+def test_examples_are_the_synthetic_test_videos(model, examples):
+    """One per class of the checkpoint, decoding (H.264 lossless, 4:4:4) to dummy_data's test video 0 within the
+    RGB <-> YUV rounding."""
+    assert [e.class_name for e in examples] == model.class_names == list(dummy_data.CLASS_NAMES[:4])
+    for label, example in enumerate(examples):
+        video, spec = dummy_data.make_video(label, 4, 32, seed=(model.cfg.seed, dummy_data.SPLIT_IDS["test"], label, 0))
+        frames = decode_all_frames(example.path)  # uint8 [T, H, W, 3]
+        assert frames.shape == (4, 32, 32, 3)
+        assert np.abs(frames.astype(int) - video.permute(0, 2, 3, 1).numpy().astype(int)).max() <= 3
+        assert example.caption == dummy_data.caption_for(spec) and example.hint == dummy_data.hint_for(spec)
+
+
+def test_example_prediction_is_what_inference_py_predicts(model, examples, tmp_path):
+    result = demo.predict_example(model, examples[1], None, LIMITS)
+    assert result.prediction is not None, result.message
+    assert "true class: move_left" in result.message
+    assert result.prediction.frames.shape == (4, 32, 32, 3) and result.prediction.frames.dtype == np.uint8
+    top = result.prediction.top
+    assert len(top) == 4 and sorted(top, key=lambda t: -t[1]) == top and abs(sum(p for _, p in top) - 1) < 1e-5
+    expected = inference.main(["--video_dir", examples[1].path, "--checkpoint", model.folder, "--quiet",
+                               "--predictions_file", str(tmp_path / "p.json")])["predictions"][0]["top_k"]
+    assert [t["class_name"] for t in expected] == [name for name, _ in top]
+    np.testing.assert_allclose([t["probability"] for t in expected], [p for _, p in top], atol=1e-4)
+
+
+def test_upload_gives_the_same_prediction_as_the_example(model, examples, tmp_path):
+    upload = dict(filename="clip.MP4", size=os.path.getsize(examples[0].path), contents=encoded(examples[0].path))
+    via_upload = demo.predict_upload(model, upload, None, LIMITS, str(tmp_path))
+    via_example = demo.predict_example(model, examples[0], None, LIMITS)
+    assert via_upload.prediction.top == via_example.prediction.top
+    assert via_upload.message.startswith("clip.MP4: 4 frames sampled")
+    assert os.listdir(tmp_path) == []  # the upload's temporary file is gone
+
+
+def long_video(path, seconds, fps=4):
+    frames = np.zeros((seconds * fps, 32, 32, 3), np.uint8)
+    return write_video(str(path), frames, fps=fps)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("text", "notes.txt is not a video file: expected one of .avi, .mp4"),
+    ("empty", "empty.mp4 is empty (0 bytes)"),
+    ("garbage", "broken.mp4 cannot be read as a video"),
+    ("too_long", "long.mp4 is too long: 90 s (360 frames), the limit is 60 s"),
+    ("too_large", "big.mp4 is too large: 2.5 MB, the limit is 2.0 MB"),
+    ("not_sent", "huge.mp4 is too large: 80.0 MB, the limit is 2.0 MB"),
+    ("damaged", "bad.mp4: the upload arrived damaged"),
+])
+def test_bad_uploads_get_a_readable_message_and_the_next_upload_works(model, examples, tmp_path, case, expected):
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    files = {"text": ("notes.txt", b"hello"), "empty": ("empty.mp4", b""),
+             "garbage": ("broken.mp4", os.urandom(4000)), "too_large": ("big.mp4", b"\0" * 2_500_000)}
+    if case in files:
+        name, data = files[case]
+        upload = dict(filename=name, size=len(data), contents=base64.b64encode(data).decode())
+    elif case == "too_long":
+        path = long_video(tmp_path / "long.mp4", 90)
+        upload = dict(filename="long.mp4", size=os.path.getsize(path), contents=encoded(path))
+    elif case == "not_sent":  # over the limit: the browser sends only the size
+        upload = dict(filename="huge.mp4", size=80_000_000, contents=None)
+    else:
+        upload = dict(filename="bad.mp4", size=10, contents="not base64 !!")
+    result = demo.predict_upload(model, upload, None, LIMITS, str(folder))
+    assert result.prediction is None and result.message.startswith(expected), result.message
+    message, headline, figure, style, frames = demo.render(result)
+    assert message == "⚠ " + result.message and headline == "" and frames == [] and style == {"display": "none"}
+    good = dict(filename="ok.mp4", size=os.path.getsize(examples[2].path), contents=encoded(examples[2].path))
+    assert demo.predict_upload(model, good, None, LIMITS, str(folder)).prediction is not None
+    assert os.listdir(folder) == []
+
+
+def test_render_shows_the_top_class_chart_and_frames(model, examples):
+    result = demo.predict_example(model, examples[0], None, LIMITS)
+    message, headline, figure, style, frames = demo.render(result)
+    name, prob = result.prediction.top[0]
+    assert headline == f"Prediction: {name} ({100 * prob:.1f} %)" and style == {"display": "block"}
+    assert list(figure.data[0].y) == [n for n, _ in result.prediction.top][::-1]
+    assert len(frames) == 4 and frames[0].src.startswith("data:image/png;base64,")
+
+
+def test_without_checkpoint_flag_the_newest_run_is_served(checkpoint):
+    runs = os.path.dirname(os.path.dirname(checkpoint))
+    assert load(["--output_dir", runs])[0].folder == checkpoint
+
+
+def test_without_a_checkpoint_says_how_to_train_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(demo.main, ["--output_dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no trained model under" in err[0] and "python main.py" in err[0]
+
+
+@pytest.mark.parametrize("argv, expected", [(["--port", "70000"], "--port must be in 1..65535"),
+                                            (["--port", "x"], "invalid int value"),
+                                            (["--prot", "1"], "unknown flag --prot"),
+                                            (["--max_upload_mb", "0"], "must be > 0")])
+def test_bad_flags_are_one_line_and_exit_2(argv, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(demo.main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert run_cli(demo.main, ["--port", str(port), "--output_dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot serve on 127.0.0.1:{port}" in err[0] and "pick another --port" in err[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a real browser against the running server
+# ----------------------------------------------------------------------------------------------------------------
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+@pytest.fixture
+def browser():
+    """(playwright's sync API, a Chromium executable), or a pytest.skip saying what to install."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("browser test skipped: the playwright package is not installed (pip install -r requirements.txt)")
+    path = os.environ.get("DEMO_BROWSER") or next(filter(None, map(shutil.which, BROWSERS)), None)
+    if not path:
+        pytest.skip("browser test skipped: no Chromium found (apt-get install chromium, or set DEMO_BROWSER to a "
+                    "Chromium/Chrome executable)")
+    return sync_playwright, path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_server(url, process, log, timeout=90):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"demo.py exited with {process.returncode}:\n{open(log).read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"demo.py did not answer within {timeout} s:\n{open(log).read()[-3000:]}")
+
+
+@pytest.fixture
+def server(checkpoint, tmp_path):
+    """``python demo.py --checkpoint ... --port <free>`` in a subprocess; yields its URL."""
+    port, log = free_port(), str(tmp_path / "server.log")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    with open(log, "w") as fh:
+        process = subprocess.Popen([sys.executable, os.path.join(ROOT, "demo.py"), "--checkpoint", checkpoint,
+                                    "--port", str(port), "--max_upload_mb", "2"], cwd=str(tmp_path), env=env,
+                                   stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_for_server(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_browser_shows_the_prediction_of_an_example_and_survives_bad_uploads(browser, server, model, examples,
+                                                                               tmp_path):
+    sync_playwright, browser_path = browser
+    expected = demo.predict_example(model, examples[1], None, LIMITS).prediction.top[0][0]
+    (tmp_path / "notes.txt").write_text("not a video")
+    big = tmp_path / "big.mp4"
+    big.write_bytes(b"\0" * 3_000_000)
+    screenshot = tmp_path / "demo_page.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 900})
+            page.goto(server)
+            page.get_by_role("button", name="move_left").click()
+            page.wait_for_selector("#prediction:has-text('Prediction:')", timeout=30_000)
+            assert page.inner_text("#prediction").startswith(f"Prediction: {expected} (")
+            assert "true class: move_left" in page.inner_text("#message")
+            assert page.locator("#frames img").count() == 4
+            assert expected in page.inner_text("#top-k")  # the bar chart's class labels
+            page.screenshot(path=str(screenshot), full_page=True)
+            page.set_input_files("#upload input[type=file]", str(tmp_path / "notes.txt"))
+            page.wait_for_selector("#message:has-text('notes.txt is not a video file')", timeout=30_000)
+            assert page.inner_text("#prediction") == ""
+            page.set_input_files("#upload input[type=file]", str(big))  # over --max_upload_mb 2: only its size is sent
+            page.wait_for_selector("#message:has-text('big.mp4 is too large: 3.0 MB, the limit is 2.0 MB')",
+                                   timeout=30_000)
+            page.set_input_files("#upload input[type=file]", examples[1].path)  # still serving
+            page.wait_for_selector(f"#prediction:has-text('Prediction: {expected}')", timeout=30_000)
+        finally:
+            browser.close()
+    assert screenshot.stat().st_size > 10_000
+    print(f"screenshot of the demo page: {screenshot}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# vision + language checkpoints: a text box, a caption
+# ----------------------------------------------------------------------------------------------------------------
+def untrained_vlm(tiny_dataset, folder, flags):
+    """A checkpoint folder of an untrained vision + language model (random weights; what matters here is the path
+    from the folder to the page), written as main.py writes one."""
+    from build_model import build_model
+    from checkpointing import save_checkpoint
+    from VLoader import read_annotations, read_class_names
+    cfg, _, _ = resolve(["--data_root", tiny_dataset, *TINY_FLAGS, "--use_vlm", "True", "--use_text", "True", *flags],
+                        "main.py", "")
+    class_names = read_class_names(tiny_dataset)
+    built = build_model(cfg, len(class_names), verbose=False,
+                        caption_texts=[r["caption"] for r in read_annotations(tiny_dataset, "train")])
+    run_config = dict(settings=cfg.to_dict(), model_info=built.info, class_names=class_names)
+    return save_checkpoint(str(folder), built.model.state_dict(), run_config, write_assets=built.write_assets)
+
+
+def test_captioner_with_text_reads_the_box_and_shows_a_caption(tiny_dataset, examples, tmp_path):
+    folder = untrained_vlm(tiny_dataset, tmp_path / "cap", ["--captioning", "True", "--max_new_tokens", "6"])
+    captioner, limits = load(["--checkpoint", folder])
+    assert captioner.reads_text and not captioner.classifier
+    refused = demo.predict_file(captioner, examples[0].path, "a.mp4", "  ", limits)
+    assert refused.prediction is None and "this model reads text" in refused.message
+    result = demo.predict_example(captioner, examples[0], None, limits)  # empty box: the example's hint
+    assert result.prediction.text == examples[0].hint and "reference caption: " in result.message
+    assert isinstance(result.prediction.caption, str) and not result.prediction.top
+    message, headline, figure, style, frames = demo.render(result)
+    assert headline == f"Caption: {result.prediction.caption}" and style == {"display": "none"} and len(frames) == 4
+    assert f"text: “{examples[0].hint}”" in message
+
+
+def test_text_classifier_answers_for_the_text_typed(tiny_dataset, examples, tmp_path):
+    folder = untrained_vlm(tiny_dataset, tmp_path / "vlm", ["--language_model", "bert"])
+    classifier, limits = load(["--checkpoint", folder])
+    assert classifier.reads_text and classifier.classifier
+    typed = demo.predict_example(classifier, examples[0], "the shape changes size", limits).prediction
+    hint = demo.predict_example(classifier, examples[0], "", limits).prediction
+    assert typed.text == "the shape changes size" and hint.text == examples[0].hint
+    assert [p for _, p in typed.top] != [p for _, p in hint.top]  # the text reaches the model
