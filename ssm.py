@@ -321,16 +321,23 @@ def ssd_chunked_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torc
     x_dt = x * dt.unsqueeze(-1)  # [B, H, nc, Q, P]
     log_decay = dt * A.view(1, heads, 1, 1)  # [B, H, nc, Q]
 
-    decay = segment_sums(log_decay).exp()  # L: [B, H, nc, Q(t), Q(s)]
-    y_inside = (C @ B.transpose(-1, -2) * decay) @ x_dt  # [B, H, nc, Q, P]
+    # L[t, s] = exp(cum[t] - cum[s]) for s <= t (as mamba-ssm's kernel computes it). Above the diagonal the
+    # difference is positive: clamped to 0 so that exp stays finite, and zeroed by the causal mask, which is applied
+    # to C B^T (shared by the heads, H times smaller than L) instead of L.
+    cumulative = log_decay.cumsum(-1)  # [B, H, nc, Q]
+    decay = (cumulative.unsqueeze(-1) - cumulative.unsqueeze(-2)).clamp_(max=0.0).exp_()  # [B, H, nc, Q(t), Q(s)]
+    causal = torch.ones(chunk_len, chunk_len, dtype=torch.bool, device=x.device).tril()
+    scores = (C @ B.transpose(-1, -2)).masked_fill(~causal, 0.0)  # [B, 1, nc, Q, Q]
+    y_inside = (scores * decay) @ x_dt  # [B, H, nc, Q, P]
 
     # each chunk's own end state (from zero), then the state entering every chunk from the ones before it
-    end_states = (x_dt * decay[..., -1, :].unsqueeze(-1)).transpose(-1, -2) @ B  # [B, H, nc, P, N]
+    to_end = (cumulative[..., -1:] - cumulative).exp().unsqueeze(-1)  # a[s+1] ... a[Q-1]: [B, H, nc, Q, 1]
+    end_states = (x_dt * to_end).transpose(-1, -2) @ B  # [B, H, nc, P, N]
     chunk_log_decay = log_decay.sum(-1)  # [B, H, nc]
     carry = segment_sums(chunk_log_decay).exp()  # [B, H, nc(to), nc(from)]: decay between chunk ends
     true_ends = (carry @ end_states.flatten(-2)).view_as(end_states)  # [B, H, nc, P, N]
     starts = F.pad(true_ends[:, :, :-1], (0, 0, 0, 0, 1, 0))  # state entering chunk c = true end of chunk c-1
-    from_start = log_decay.cumsum(-1).exp().unsqueeze(-1)  # a[0] ... a[t] within the chunk: [B, H, nc, Q, 1]
+    from_start = cumulative.exp().unsqueeze(-1)  # a[0] ... a[t] within the chunk: [B, H, nc, Q, 1]
     y_carried = (C @ starts.transpose(-1, -2)) * from_start  # [B, H, nc, Q, P]
 
     y = (y_inside + y_carried).permute(0, 2, 3, 1, 4).reshape(batch, n_chunks * chunk_len, heads, head_dim)
