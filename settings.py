@@ -228,6 +228,27 @@ class Settings:
                             "writing them apart", group=RUNTIME)
     speed_repeats: int = _opt(5, "timed runs (after 2 warm-up runs) for the latency and throughput in eval.json; "
                               "0 = do not time", minimum=0, group=RUNTIME)
+    # --- issue 10: composable multimodal models (compose.py, audio.py, av_data.py) ---------------------------------
+    modalities: Optional[str] = _opt(None, "inputs of the composed multimodal model, comma-separated: video, audio "
+                                     "(e.g. video,audio); none = the video classifier (or --model_config)",
+                                     group=MODEL)
+    model_config: Optional[str] = _opt(None, "YAML file whose model: section declares the encoders, fusion and head "
+                                       "(a model: section in the settings YAML does the same; see README)",
+                                       group=MODEL)
+    allowed_target_prefixes: str = _opt("compose,audio,fusion", "module prefixes a model section's _target_ may "
+                                        "name (comma-separated); anything else is refused", group=RUNTIME)
+    fusion_bottleneck_tokens: int = _opt(4, "bottleneck fusion: shared tokens between the modalities", minimum=1,
+                                         group=MODEL)
+    fusion_bottleneck_layer: int = _opt(0, "bottleneck fusion: first layer that writes to the bottleneck (earlier "
+                                        "layers see their own modality only; the next layer reads it)", minimum=0,
+                                        group=MODEL)
+    audio_dim: int = _opt(64, "audio encoder width (1-D conv + transformer over Whisper log-mel)", minimum=8,
+                          group=MODEL)
+    audio_depth: int = _opt(2, "audio encoder transformer layers", minimum=1, group=MODEL)
+    audio_seconds: float = _opt(2.0, "audio read per clip (seconds, centred on the clip's frames), padded and "
+                                "masked when shorter", minimum=0.1, maximum=30.0, group=DATA)
+    require_audio: bool = _opt(False, "a video without an audio track is an error (default: its audio is a "
+                               "masked-out modality)", group=DATA)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
