@@ -94,7 +94,7 @@ class MeanFusion(nn.Module):
         return x
 
 
-def _attention_safe(mask: torch.Tensor) -> torch.Tensor:
+def attention_safe_mask(mask: torch.Tensor) -> torch.Tensor:
     """A key padding mask [B, L] whose fully padded rows keep position 0 visible: attention over no key at all is
     NaN. Only rows nobody reads (a missing modality) are affected."""
     empty = mask.all(dim=1)  # [B]
@@ -143,7 +143,7 @@ class BottleneckFusion(nn.Module):
         parts = list(x.split(segments, dim=1))  # M x [B, L_m, D]
         masks = padding_mask.split(segments, dim=1)  # M x [B, L_m]
         present = torch.stack([~m.all(dim=1) for m in masks], dim=1).to(x.dtype)  # [B, M]
-        safe = [_attention_safe(m) for m in masks]
+        safe = [attention_safe_mask(m) for m in masks]
         z = self.bottleneck.expand(batch, -1, -1).to(x.dtype)  # [B, Z, D]
         no_pad = padding_mask.new_zeros(batch, z.shape[1])  # bottleneck tokens are never padding
         for depth, per_modality in enumerate(self.layers):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ def _vision_choices() -> list[str]:
 
 def _fusion_choices() -> list[str]:
     from fusion import FUSION_LAYERS
-    return sorted(FUSION_LAYERS)
+    return sorted(FUSION_LAYERS) + ["concat"]  # concat: late fusion, composed multimodal models only (compose.py)
 
 
 def _dataset_choices() -> list[str]:
@@ -347,6 +348,8 @@ def load_yaml(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"config file {path!r} must hold a mapping of settings, got {type(data).__name__}")
     values = {}
+    if isinstance(data.get("model"), dict):  # issue 10: a model: section declares a composed model (compose.py)
+        values["model_config"] = json.dumps(data.pop("model"))
     for key, value in flatten_yaml(data).items():
         if key not in FIELDS:
             raise UsageError(f"unknown key {key!r} in {path}{nearest(key, list(FIELDS))} (valid keys: see --help)")
@@ -421,11 +424,28 @@ def validate(cfg: Settings) -> Settings:
     if cfg.merge_lora and not cfg.export_dir:
         raise UsageError("--merge_lora True applies to --export_dir; add --export_dir DIR or drop --merge_lora")
     check_views(cfg)
+    check_composed(cfg)
     if cfg.dataset != "synthetic" and (cfg.captioning or cfg.use_text):
         name = "captioning" if cfg.captioning else "use_text"
         raise UsageError(f"--{name} True needs the captions and text hints of the synthetic dataset; --dataset "
                          f"{cfg.dataset} has none: use --dataset synthetic or drop --{name}")
     return cfg
+
+
+def check_composed(cfg: Settings) -> None:
+    """Issue 10: the composed multimodal model's settings (compose.py) are read once here, so mistakes stop early."""
+    if not (cfg.modalities or cfg.model_config):
+        if cfg.fusion == "concat":
+            raise UsageError("--fusion concat joins several modalities: add --modalities video,audio (or "
+                             "--model_config), or choose transformer, mamba, mean or bottleneck")
+        return
+    from compose import check_composed_flags, composition
+    check_composed_flags(cfg)
+    spec = composition(cfg)
+    cfg.modalities = ",".join(spec["encoders"])  # record what the model reads (the datasets load audio by it)
+    if "audio" in spec["encoders"] and cfg.dataset == "synthetic":
+        raise UsageError("audio needs video files with sound; --dataset synthetic holds .pt frames: use --dataset "
+                         "synthetic_av (generated on first use), videofolder or ucf101")
 
 
 def check_views(cfg: Settings) -> None:
