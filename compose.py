@@ -321,9 +321,6 @@ class TokenFusion(nn.Module):
     def forward(self, tokens: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
         batch = tokens[0].shape[0]
         absent = torch.stack([m.all(dim=1) for m in masks], dim=1)  # [B, M]
-        if absent.all(dim=1).any():
-            raise ValueError("a clip has none of the model's modalities (e.g. no audio track and no video "
-                             "encoder); every clip needs at least one")
         x = torch.cat([torch.cat([self.cls[:, k:k + 1].expand(batch, -1, -1).to(t.dtype), t], 1)
                        for k, t in enumerate(tokens)], dim=1)  # [B, L, D], L = sum(1 + L_m)
         mask = torch.cat([torch.cat([absent[:, k:k + 1], m], 1) for k, m in enumerate(masks)], dim=1)  # [B, L]
@@ -410,7 +407,8 @@ class MultimodalClassifier(PreTrainedModel):
         cfg = settings_from_dict(config.settings)
         allowed = allowed_target_prefixes or Settings().allowed_target_prefixes
         spec = config.composition
-        self.modalities = list(spec["encoders"])
+        # canonical order, whatever order a saved config lists them in (config.json sorts its keys)
+        self.modalities = [m for m in MODALITY_ORDER if m in spec["encoders"]]
         self.encoders = nn.ModuleDict()
         self.backbone: Optional[Backbone] = None
         for modality in self.modalities:
@@ -482,6 +480,10 @@ class MultimodalClassifier(PreTrainedModel):
         sizes = {t.shape[0] for t, _ in encoded}
         if len(sizes) != 1:
             raise ValueError(f"the modalities disagree on the batch size: {sizes}")
+        if torch.stack([m.all(dim=1) for _, m in encoded], dim=1).all(dim=1).any():
+            raise ValueError("a clip has none of the model's modalities (an audio-only model and a video without "
+                             "an audio track); use --require_audio True to stop at such videos, or add video to "
+                             "--modalities")
         logits = self.head(self.fusion([t for t, _ in encoded], [m for _, m in encoded]))  # [B, num_classes]
         loss = None
         if labels is not None:
