@@ -54,12 +54,13 @@ def test_allowlist_refuses_denied_roots_even_when_listed():
 
 
 def test_target_under_allowlist_builds(in_tmp):
-    section = dict(encoders=dict(audio={"_target_": "audio.AudioEncoder", "dim": 32, "depth": 1}), fusion="concat")
-    path = in_tmp / "model.yaml"
-    path.write_text(yaml.safe_dump(dict(model=section)))
-    model = build(settings("--model_config", str(path)))
-    assert isinstance(model.encoders["audio"], audio.AudioEncoder)
-    assert model(**{k: v for k, v in batch().items() if k != "pixel_values"}).logits.shape == (2, 8)
+    for fusion in ("concat", {"_target_": "fusion.TransformerFusion", "depth": 1, "n_heads": 4}):
+        section = dict(encoders=dict(audio={"_target_": "audio.AudioEncoder", "dim": 32, "depth": 1}), fusion=fusion)
+        path = in_tmp / "model.yaml"
+        path.write_text(yaml.safe_dump(dict(model=section)))
+        model = build(settings("--model_config", str(path)))
+        assert isinstance(model.encoders["audio"], audio.AudioEncoder)
+        assert model(**{k: v for k, v in batch().items() if k != "pixel_values"}).logits.shape == (2, 8)
 
 
 def test_yaml_target_refused_from_the_command_line(in_tmp, capsys):
