@@ -32,6 +32,17 @@ RUNS = {  # name -> the flags that differ
 }
 
 
+def factor_accuracy(report: dict) -> dict:
+    """From the test confusion matrix (rows = true class): the share of clips whose predicted class has the right
+    motion, and the right tone (class names are '<motion>+<tone>_tone')."""
+    names, matrix = report["class_names"], report["confusion_matrix"]
+    total = sum(map(sum, matrix))
+    split = [name.split("+") for name in names]
+    motion = sum(matrix[t][p] for t in range(len(names)) for p in range(len(names)) if split[t][0] == split[p][0])
+    tone = sum(matrix[t][p] for t in range(len(names)) for p in range(len(names)) if split[t][1] == split[p][1])
+    return dict(motion_accuracy=motion / total, tone_accuracy=tone / total)
+
+
 def run(name: str, flags: list, args) -> dict:
     import main
     run_name = f"av_{name.replace('+', '_').replace(' ', '_')}_s{args.seed}"
@@ -39,7 +50,7 @@ def run(name: str, flags: list, args) -> dict:
                                          str(args.seed), "--output_dir", args.output_dir, "--run_name", run_name])
     return dict(run=name, flags=" ".join(flags), seed=args.seed, epochs=args.epochs, top1=report["top1"],
                 mean_class_accuracy=report["mean_class_accuracy"], best_epoch=report["checkpoint_epoch"],
-                train_seconds=report["train_seconds"], params_total=report["params_total"])
+                train_seconds=report["train_seconds"], params_total=report["params_total"], **factor_accuracy(report))
 
 
 def main(argv=None) -> list:
