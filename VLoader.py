@@ -307,6 +307,8 @@ class ClipDataset(Dataset):
     """
     spec: ClipSpec
     bad: BadVideoLog
+    # optional (dataset, i, frame indices or None for a placeholder) -> more item fields, e.g. audio.AudioReader
+    extra_fields: Optional[Callable] = None
 
     def load_frames(self, i: int, pick: Callable[[int], list[int]]) -> torch.Tensor:
         raise NotImplementedError
@@ -354,8 +356,11 @@ class ClipDataset(Dataset):
         spec = self.spec
         num_clips = 1 if spec.train else spec.clips
 
+        picked = []
+
         def pick(num_available: int) -> list[int]:
-            return [j for k in range(num_clips) for j in clip_indices(spec, num_available, k)]
+            picked[:] = [j for k in range(num_clips) for j in clip_indices(spec, num_available, k)]
+            return list(picked)
         frames = self.load_frames(i, pick)  # uint8 [num_clips * T, C, H, W]
         clips = frames.unflatten(0, (num_clips, spec.num_frames))  # [N, T, C, H, W]
         if spec.train:
@@ -365,13 +370,15 @@ class ClipDataset(Dataset):
         else:
             pixel_values = torch.cat([eval_views(c, spec.image_size, spec.mean, spec.std, spec.crops)
                                       for c in clips])  # [V, T, 3, S, S]
-        return dict(pixel_values=pixel_values, **self.fields(i))
+        extra = self.extra_fields(self, i, picked) if self.extra_fields is not None else {}
+        return dict(pixel_values=pixel_values, **self.fields(i), **extra)
 
     def _placeholder(self, i: int) -> dict:
         """A bad video in evaluation: zeros of the right shape; callers drop it by ``self.bad``."""
         s = self.spec
         shape = (s.num_frames, 3, s.image_size, s.image_size)
-        return dict(pixel_values=torch.zeros((s.views, *shape) if s.views > 1 else shape), **self.fields(i))
+        extra = self.extra_fields(self, i, None) if self.extra_fields is not None else {}
+        return dict(pixel_values=torch.zeros((s.views, *shape) if s.views > 1 else shape), **self.fields(i), **extra)
 
     def bad_videos(self) -> list[dict]:
         """[{video, reason}] of every video found unreadable so far (dropped beforehand, or while loading)."""
@@ -650,11 +657,22 @@ def _build_videos(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
     return build_video_datasets(cfg, clip_spec(cfg, mean, std, True), clip_spec(cfg, mean, std, False), parts)
 
 
+def _av_classes(cfg) -> list[str]:
+    from av_data import dataset_class_names
+    return dataset_class_names(cfg)
+
+
+def _build_av(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
+    from av_data import build_av_datasets
+    return build_av_datasets(cfg, mean, std, parts)
+
+
 # name -> (class names from the settings, builder of the splits); the only place dataset names are looked up
 DATASETS: dict[str, tuple[Callable, Callable]] = {
     "synthetic": (_synthetic_classes, _build_synthetic),
     "ucf101": (_video_classes, _build_videos),
     "videofolder": (_video_classes, _build_videos),
+    "synthetic_av": (_av_classes, _build_av),  # issue 10: video files with sound (av_data.py)
 }
 
 
@@ -664,8 +682,13 @@ def dataset_class_names(cfg) -> list[str]:
 
 
 def build_datasets(cfg, mean, std, parts: Sequence[str] = ("train", "val", "test")) -> DataBundle:
-    """The requested splits of the configured dataset (others are None)."""
-    return DATASETS[cfg.dataset][1](cfg, mean, std, parts)
+    """The requested splits of the configured dataset (others are None); with audio among ``--modalities``, items
+    also carry the clip's log-mel features (audio.attach_audio)."""
+    bundle = DATASETS[cfg.dataset][1](cfg, mean, std, parts)
+    if "audio" in (getattr(cfg, "modalities", None) or ""):
+        from audio import attach_audio
+        attach_audio([bundle.train, bundle.val, bundle.test], cfg)
+    return bundle
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int) -> DataLoader:

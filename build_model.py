@@ -481,6 +481,9 @@ def build_model(cfg: Settings, num_classes: int, arch: Optional[dict] = None, ve
     """
     if num_classes < 2 and not cfg.captioning:
         raise ValueError(f"need at least 2 classes, got {num_classes}")
+    if cfg.modalities or cfg.model_config:  # issue 10: the composed multimodal model
+        from compose import build_composed
+        return build_composed(cfg, num_classes, arch, verbose)
     backbone = build_backbone(cfg, arch)
     if not backbone.pretrained and arch is None and verbose:
         loud_note(f"{cfg.vision_model}: NO PRETRAINED WEIGHTS - {backbone.source} "

@@ -60,7 +60,7 @@ def merge_with_checkpoint(saved: Settings, cli: Settings, explicit: set[str], fo
     return settings_from_dict(merged)
 
 
-def load_inputs(cfg: Settings, mean, std, class_names: list):
+def load_inputs(cfg: Settings, mean, std, class_names: list, modalities: Sequence[str] = ()):
     """The --video_dir inputs as a dataset (video files or frame folders), sampled as the checkpoint was trained."""
     from video_datasets import inference_videos
     from video_io import FrameCache
@@ -68,6 +68,12 @@ def load_inputs(cfg: Settings, mean, std, class_names: list):
     try:
         videos = inference_videos(cfg.video_dir, spec, class_names, cfg.text_input,
                                   FrameCache(cfg.cache_dir) if cfg.cache_dir else None)
+        if "audio" in modalities:  # issue 10: the clips' log-mel features
+            from audio import attach_audio
+            if videos is None:
+                raise UsageError(f"this model hears audio: --video_dir {cfg.video_dir!r} must hold video files "
+                                 f"(frame folders have no sound)")
+            attach_audio([videos], cfg)
         if videos is not None:
             return videos
         return FrameFolderDataset(cfg.video_dir, cfg.num_frames, cfg.image_size, mean, std, class_names,
@@ -90,7 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     info = run_config["model_info"]
     built = rebuild_from_checkpoint(cfg, run_config, folder)
     model = built.model.to(accelerator.device)
-    dataset = load_inputs(cfg, built.backbone.mean, built.backbone.std, class_names)
+    dataset = load_inputs(cfg, built.backbone.mean, built.backbone.std, class_names,
+                          getattr(built.model, "modalities", ()))
     if cfg.use_text and any(t is None for t in dataset.texts):
         missing = sum(t is None for t in dataset.texts)
         raise UsageError(f"this model reads text (trained with --use_text True) and {missing} video(s) have none: "

@@ -67,7 +67,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 def train_and_evaluate(cfg: Settings, explicit: set[str]) -> dict:
-    if "fusion" in explicit and cfg.vision_model in ("timesformer", "videomae"):
+    if "fusion" in explicit and cfg.vision_model in ("timesformer", "videomae") and not cfg.modalities \
+            and not cfg.model_config:
         raise UsageError(f"--fusion applies to per-frame (timm) backbones; {cfg.vision_model} models time itself. "
                          f"Drop --fusion or choose e.g. --vision_model vit_small_patch16_224")
     check_tracker_installed(cfg.report_to)
@@ -136,6 +137,11 @@ def carry_best(resume_from: str, run_dir: str) -> None:
 def export(cfg: Settings, model, info: dict, class_names: list) -> None:
     """--export_dir: the model in the Hugging Face format (hf_export.py)."""
     if not cfg.export_dir:
+        return
+    if cfg.modalities or cfg.model_config:  # issue 10: the composed model is a PreTrainedModel already
+        from compose import save_composed
+        written = save_composed(model, class_names, cfg.export_dir)
+        print(f"exported (Hugging Face format) to {cfg.export_dir}: {', '.join(written)}")
         return
     from hf_export import export_pretrained
     written = export_pretrained(model, info, class_names, cfg, cfg.export_dir, merge_lora=cfg.merge_lora)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ def _vision_choices() -> list[str]:
 
 def _fusion_choices() -> list[str]:
     from fusion import FUSION_LAYERS
-    return sorted(FUSION_LAYERS)
+    return sorted(FUSION_LAYERS) + ["concat"]  # concat: late fusion, composed multimodal models only (compose.py)
 
 
 def _dataset_choices() -> list[str]:
@@ -230,6 +231,27 @@ class Settings:
                             "writing them apart", group=RUNTIME)
     speed_repeats: int = _opt(5, "timed runs (after 2 warm-up runs) for the latency and throughput in eval.json; "
                               "0 = do not time", minimum=0, group=RUNTIME)
+    # --- issue 10: composable multimodal models (compose.py, audio.py, av_data.py) ---------------------------------
+    modalities: Optional[str] = _opt(None, "inputs of the composed multimodal model, comma-separated: video, audio "
+                                     "(e.g. video,audio); none = the video classifier (or --model_config)",
+                                     group=MODEL)
+    model_config: Optional[str] = _opt(None, "YAML file whose model: section declares the encoders, fusion and head "
+                                       "(a model: section in the settings YAML does the same; see README)",
+                                       group=MODEL)
+    allowed_target_prefixes: str = _opt("compose,audio,fusion", "module prefixes a model section's _target_ may "
+                                        "name (comma-separated); anything else is refused", group=RUNTIME)
+    fusion_bottleneck_tokens: int = _opt(4, "bottleneck fusion: shared tokens between the modalities", minimum=1,
+                                         group=MODEL)
+    fusion_bottleneck_layer: int = _opt(0, "bottleneck fusion: first layer that writes to the bottleneck (earlier "
+                                        "layers see their own modality only; the next layer reads it)", minimum=0,
+                                        group=MODEL)
+    audio_dim: int = _opt(64, "audio encoder width (1-D conv + transformer over Whisper log-mel)", minimum=8,
+                          group=MODEL)
+    audio_depth: int = _opt(2, "audio encoder transformer layers", minimum=1, group=MODEL)
+    audio_seconds: float = _opt(2.0, "audio read per clip (seconds, centred on the clip's frames), padded and "
+                                "masked when shorter", minimum=0.1, maximum=30.0, group=DATA)
+    require_audio: bool = _opt(False, "a video without an audio track is an error (default: its audio is a "
+                               "masked-out modality)", group=DATA)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -328,6 +350,8 @@ def load_yaml(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"config file {path!r} must hold a mapping of settings, got {type(data).__name__}")
     values = {}
+    if isinstance(data.get("model"), dict):  # issue 10: a model: section declares a composed model (compose.py)
+        values["model_config"] = json.dumps(data.pop("model"))
     for key, value in flatten_yaml(data).items():
         if key not in FIELDS:
             raise UsageError(f"unknown key {key!r} in {path}{nearest(key, list(FIELDS))} (valid keys: see --help)")
@@ -402,11 +426,28 @@ def validate(cfg: Settings) -> Settings:
     if cfg.merge_lora and not cfg.export_dir:
         raise UsageError("--merge_lora True applies to --export_dir; add --export_dir DIR or drop --merge_lora")
     check_views(cfg)
+    check_composed(cfg)
     if cfg.dataset != "synthetic" and (cfg.captioning or cfg.use_text):
         name = "captioning" if cfg.captioning else "use_text"
         raise UsageError(f"--{name} True needs the captions and text hints of the synthetic dataset; --dataset "
                          f"{cfg.dataset} has none: use --dataset synthetic or drop --{name}")
     return cfg
+
+
+def check_composed(cfg: Settings) -> None:
+    """Issue 10: the composed multimodal model's settings (compose.py) are read once here, so mistakes stop early."""
+    if not (cfg.modalities or cfg.model_config):
+        if cfg.fusion == "concat":
+            raise UsageError("--fusion concat joins several modalities: add --modalities video,audio (or "
+                             "--model_config), or choose transformer, mamba, mean or bottleneck")
+        return
+    from compose import check_composed_flags, composition
+    check_composed_flags(cfg)
+    spec = composition(cfg)
+    cfg.modalities = ",".join(spec["encoders"])  # record what the model reads (the datasets load audio by it)
+    if "audio" in spec["encoders"] and cfg.dataset == "synthetic":
+        raise UsageError("audio needs video files with sound; --dataset synthetic holds .pt frames: use --dataset "
+                         "synthetic_av (generated on first use), videofolder or ucf101")
 
 
 def check_views(cfg: Settings) -> None:

@@ -1,0 +1,566 @@
+"""Composable multimodal classifiers: per-modality encoders, a fusion and a head, declared in YAML or by flags.
+
+A ``model:`` section (in the settings YAML, or the file ``--model_config FILE``) declares the model::
+
+    model:
+      encoders:
+        video: {name: backbone, vision_model: videomae, model_size: tiny}   # --vision_model / --model_size
+        audio: {name: conv_transformer, dim: 64, depth: 2}                   # --audio_dim / --audio_depth
+      fusion: {name: bottleneck, dim: 64, depth: 2, bottleneck_tokens: 4}   # concat | transformer | mamba | bottleneck
+      head: {name: linear}                                                   # linear | mlp
+
+Flags are shorthands for the same thing: ``--modalities video,audio --fusion bottleneck`` declares each modality's
+default encoder, the fusion and a linear head, and every argument a section leaves out comes from its flag
+(``--fusion_depth``, ``--audio_dim`` ...). Both go through :func:`composition`, so a YAML-declared model and the
+flag-declared one are the same model (same parameters, same outputs for the same seed).
+
+Components are looked up in the registries below (``ENCODERS``, ``FUSIONS``, ``HEADS``) - a typo lists the valid
+names. Instead of ``name``, a component may give ``_target_: module.Class`` with its keyword arguments; the path
+must lie under one of ``--allowed_target_prefixes`` (default ``compose,audio,fusion``: this repo's modules) and name
+an ``nn.Module`` class, so a model file can never make the loader call ``os.system`` or anything else. YAML is
+only read with ``yaml.safe_load``. The allowlist is a run-time setting of whoever loads a model: neither a model
+file nor a checkpoint can widen it.
+
+The composed model (:class:`MultimodalClassifier`) is a transformers ``PreTrainedModel`` whose
+``MultimodalConfig`` carries the composition, the video backbone's architecture and the data settings, so
+``save_pretrained`` / ``from_pretrained`` (with the Whisper feature extractor and a video processor saved beside,
+:func:`save_composed`) round-trip it, and a checkpoint needs no flags to run.
+
+Forward::
+
+    pixel_values [B, T, C, H, W] --video encoder--> tokens [B, L_v, D_v] --+
+    input_features [B, 80, F] + audio_attention_mask [B, F]                |-- Linear to D, + modality embedding,
+                  --audio encoder--> tokens [B, L_a, D_a] + padding mask --+   + sinusoidal positions
+      -> fusion -> [B, D'] -> head -> logits [B, num_classes]
+
+Token fusions (transformer, mamba, bottleneck) prepend a CLS token to every modality and read the mean of the CLS
+outputs of the modalities present; ``concat`` (late fusion) joins the masked means of every modality's tokens.
+A modality missing for a clip (audio of a video without sound: all its tokens padding) is masked out everywhere,
+and its CLS is left out of the readout (``concat``: its part is zeros).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import importlib
+import json
+import os
+from typing import Any, Callable, Optional
+
+import torch
+import yaml
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from audio import AudioEncoder, sinusoidal_positions
+from build_model import (IMAGENET_MEAN, IMAGENET_STD, Backbone, ClassifierOutput, build_backbone,
+                         classification_loss, count_parameters, loud_note)
+from fusion import FUSION_LAYERS
+from settings import Settings, UsageError, settings_from_dict
+
+MODEL_TYPE = "video-understanding-multimodal"
+MODALITY_ORDER = ("video", "audio")  # canonical order of the encoders (and of the state dict)
+DENIED_ROOTS = ("builtins", "os", "sys", "subprocess", "shutil", "importlib", "pickle", "marshal", "ctypes",
+                "socket", "runpy", "code", "pty")
+TOP_LEVEL_KEYS = ("encoders", "fusion", "head")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# registries: name -> (builder, default arguments from the settings)
+# ----------------------------------------------------------------------------------------------------------------
+class VideoEncoder(nn.Module):
+    """A vision backbone as a token source: pixel_values [B, T, C, H, W] -> (tokens [B, L, D], padding [B, L]).
+    A video backbone gives its tokens, a per-frame backbone one token per frame."""
+
+    def __init__(self, backbone: nn.Module, dim: int):
+        super().__init__()
+        self.backbone, self.out_dim = backbone, dim
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if pixel_values.dim() != 5:
+            raise ValueError(f"expected pixel_values [B, T, C, H, W], got shape {tuple(pixel_values.shape)}")
+        tokens = self.backbone(pixel_values)  # [B, L, D]
+        if tokens.shape[0] != pixel_values.shape[0]:
+            raise ValueError(f"the video backbone returned {tokens.shape[0]} rows for a batch of "
+                             f"{pixel_values.shape[0]} clips")
+        return tokens, torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+
+
+def _video_defaults(cfg: Settings) -> dict:
+    return dict(vision_model=cfg.vision_model, model_size=cfg.model_size, pretrained=cfg.pretrained)
+
+
+def _audio_defaults(cfg: Settings) -> dict:
+    return dict(dim=cfg.audio_dim, depth=cfg.audio_depth, n_heads=cfg.fusion_n_heads, dropout=cfg.fusion_dropout,
+                n_mels=80)
+
+
+def _fusion_defaults(cfg: Settings) -> dict:
+    return dict(dim=cfg.fusion_dim, depth=cfg.fusion_depth, n_heads=cfg.fusion_n_heads, dropout=cfg.fusion_dropout)
+
+
+def _mamba_defaults(cfg: Settings) -> dict:
+    return dict(_fusion_defaults(cfg), d_state=cfg.fusion_d_state, d_conv=cfg.fusion_d_conv,
+                expand=cfg.fusion_expand)
+
+
+def _bottleneck_defaults(cfg: Settings) -> dict:
+    return dict(_fusion_defaults(cfg), bottleneck_tokens=cfg.fusion_bottleneck_tokens,
+                bottleneck_layer=cfg.fusion_bottleneck_layer)
+
+
+# modality -> encoder name -> default arguments; the encoders are built by _build_encoder
+ENCODERS: dict[str, dict[str, Callable[[Settings], dict]]] = {
+    "video": {"backbone": _video_defaults},
+    "audio": {"conv_transformer": _audio_defaults},
+}
+DEFAULT_ENCODER = {"video": "backbone", "audio": "conv_transformer"}
+FUSIONS: dict[str, Callable[[Settings], dict]] = {
+    "concat": lambda cfg: dict(dim=cfg.fusion_dim),
+    "transformer": _fusion_defaults,
+    "mamba": _mamba_defaults,
+    "bottleneck": _bottleneck_defaults,
+}
+HEADS: dict[str, Callable[[Settings], dict]] = {
+    "linear": lambda cfg: dict(dropout=cfg.head_dropout),
+    "mlp": lambda cfg: dict(dropout=cfg.head_dropout, hidden=0),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading a composition
+# ----------------------------------------------------------------------------------------------------------------
+def _valid(names) -> str:
+    return ", ".join(sorted(names))
+
+
+def _lookup(name: Any, registry: dict, what: str):
+    if not isinstance(name, str) or name not in registry:
+        close = difflib.get_close_matches(str(name), list(registry), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"unknown {what} {name!r}{hint} (valid: {_valid(registry)})")
+    return registry[name]
+
+
+def resolve_target(path: Any, allowed: str) -> type:
+    """A ``_target_`` path -> the nn.Module class it names, if the path lies under an allowed prefix."""
+    if not isinstance(path, str) or not path.replace(".", "").replace("_", "").isalnum():
+        raise UsageError(f"_target_ must be a dotted path such as audio.AudioEncoder, got {path!r}")
+    prefixes = [p.strip().rstrip(".") for p in allowed.split(",") if p.strip()]
+    root = path.split(".")[0]
+    if root in DENIED_ROOTS:
+        raise UsageError(f"_target_ {path!r} is refused: {root} is never instantiated from a model section "
+                         f"(only nn.Module classes under --allowed_target_prefixes {allowed!r})")
+    if not any(path == p or path.startswith(p + ".") for p in prefixes):
+        raise UsageError(f"_target_ {path!r} is not under --allowed_target_prefixes ({', '.join(prefixes)}); "
+                         f"use a registry name, or add its module to --allowed_target_prefixes if you trust it")
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise UsageError(f"_target_ {path!r}: no module {module_name!r}") from None
+    target = getattr(module, attribute, None)
+    if not (isinstance(target, type) and issubclass(target, nn.Module)):
+        raise UsageError(f"_target_ {path!r} must name an nn.Module class, got {type(target).__name__}")
+    return target
+
+
+def _component(entry: Any, registry: dict, what: str, cfg: Settings) -> dict:
+    """A YAML component (a name, or a mapping with ``name`` or ``_target_`` and arguments) -> its canonical form:
+    {"name": ..., **every argument} or {"_target_": ..., **arguments}."""
+    if isinstance(entry, str) or entry is None:
+        entry = {"name": entry}
+    if not isinstance(entry, dict):
+        raise UsageError(f"{what}: expected a name or a mapping with name/_target_ and arguments, got {entry!r}")
+    entry = dict(entry)
+    if "_target_" in entry:
+        if "name" in entry:
+            raise UsageError(f"{what}: give either name or _target_, not both")
+        resolve_target(entry["_target_"], cfg.allowed_target_prefixes)
+        for key, value in entry.items():
+            if isinstance(value, dict):
+                raise UsageError(f"{what}: argument {key!r} is a mapping; nested components are not supported")
+        return entry
+    name = entry.pop("name", None)
+    defaults = _lookup(name, registry, what)(cfg)
+    unknown = sorted(set(entry) - set(defaults))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(defaults), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"{what} {name!r} has no argument {unknown[0]!r}{hint} (valid: {_valid(defaults)})")
+    return {"name": name, **defaults, **entry}
+
+
+def normalise(section: Any, cfg: Settings) -> dict:
+    """A ``model:`` section -> the canonical composition (every argument explicit, modalities in canonical order)."""
+    if not isinstance(section, dict):
+        raise UsageError(f"the model section must be a mapping with {', '.join(TOP_LEVEL_KEYS)}, got {section!r}")
+    unknown = sorted(set(section) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), TOP_LEVEL_KEYS, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"unknown key {unknown[0]!r} in the model section{hint} (valid: {', '.join(TOP_LEVEL_KEYS)})")
+    encoders = section.get("encoders")
+    if not isinstance(encoders, dict) or not encoders:
+        raise UsageError("the model section needs encoders: a mapping modality -> encoder, e.g. "
+                         "{video: backbone, audio: conv_transformer}")
+    for modality in encoders:
+        _lookup(modality, ENCODERS, "modality")
+    return dict(
+        encoders={m: _component(encoders[m], ENCODERS[m], f"{m} encoder", cfg) for m in MODALITY_ORDER
+                  if m in encoders},
+        fusion=_component(section.get("fusion", cfg.fusion), FUSIONS, "fusion", cfg),
+        head=_component(section.get("head", "linear"), HEADS, "head", cfg))
+
+
+def read_model_section(cfg: Settings) -> Optional[dict]:
+    """The ``model:`` section from --model_config (a YAML file, or the inline section a settings YAML carried as
+    JSON), or None."""
+    text = cfg.model_config
+    if not text:
+        return None
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    if not os.path.isfile(text):
+        raise UsageError(f"--model_config {text!r} not found; pass a YAML file with a model: section")
+    try:
+        with open(text) as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--model_config {text!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if isinstance(data, dict) and "model" in data:
+        extra = sorted(set(data) - {"model"})
+        if extra:
+            raise UsageError(f"--model_config {text!r} may only hold a model: section, found {extra}; settings go "
+                             f"in --config")
+        data = data["model"]
+    return data
+
+
+def parse_modalities(text: Optional[str]) -> list[str]:
+    names = [m.strip() for m in (text or "").split(",") if m.strip()]
+    for name in names:
+        _lookup(name, ENCODERS, "modality in --modalities")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--modalities {text!r} names a modality twice")
+    return names
+
+
+def is_composed(cfg: Settings) -> bool:
+    return bool(cfg.modalities or cfg.model_config)
+
+
+def composition(cfg: Settings) -> dict:
+    """The canonical composition the settings declare: the model section if there is one (its modalities must
+    agree with --modalities when both are given), else the flag shorthand."""
+    section = read_model_section(cfg)
+    if section is None:
+        modalities = parse_modalities(cfg.modalities)
+        section = dict(encoders={m: DEFAULT_ENCODER[m] for m in modalities}, fusion=cfg.fusion, head="linear")
+    spec = normalise(section, cfg)
+    if cfg.modalities and sorted(parse_modalities(cfg.modalities)) != sorted(spec["encoders"]):
+        raise UsageError(f"--modalities {cfg.modalities} disagrees with the model section's encoders "
+                         f"({', '.join(spec['encoders'])}); drop --modalities or change the section")
+    return spec
+
+
+def check_composed_flags(cfg: Settings) -> None:
+    """Settings the composed model does not combine with, each with its fix."""
+    for flag in ("use_vlm", "use_lora_vision", "freeze_visionbackbone"):
+        if getattr(cfg, flag):
+            raise UsageError(f"--{flag} is not available for the composed multimodal model (--modalities / "
+                             f"--model_config); drop it")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# building
+# ----------------------------------------------------------------------------------------------------------------
+def _args(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if k not in ("name", "_target_")}
+
+
+def _build_encoder(modality: str, entry: dict, cfg: Settings, backbone_arch: Optional[dict], allowed: str,
+                   verbose: bool) -> tuple[nn.Module, Optional[Backbone]]:
+    """(encoder module with ``out_dim``, the video Backbone or None)."""
+    if "_target_" in entry:
+        module = resolve_target(entry["_target_"], allowed)(**_args(entry))
+        if not isinstance(getattr(module, "out_dim", getattr(module, "dim", None)), int):
+            raise UsageError(f"{modality} encoder {entry['_target_']} must have an int attribute out_dim (or dim), "
+                             f"its output width")
+        return module, None
+    if modality == "audio":
+        args = _args(entry)
+        module = AudioEncoder(args["n_mels"], args["dim"], args["depth"], args["n_heads"], args["dropout"])
+        module.out_dim = args["dim"]
+        return module, None
+    video_cfg = dataclasses.replace(cfg, **_args(entry))
+    backbone = build_backbone(video_cfg, backbone_arch)
+    if not backbone.pretrained and backbone_arch is None and verbose:
+        loud_note(f"{video_cfg.vision_model}: NO PRETRAINED WEIGHTS - {backbone.source} (pass --pretrained <hub id "
+                  f"or folder> to start from trained weights). Recorded as \"pretrained\": false in this run's "
+                  f"outputs.")
+    return VideoEncoder(backbone.module, backbone.feature_dim), backbone
+
+
+class TokenFusion(nn.Module):
+    """Per-modality tokens -> [CLS_m, tokens_m] for every modality -> a fusion layer -> mean of the present
+    modalities' CLS outputs [B, D]. Sequence layers (transformer, mamba) get one sequence with the padding packed to
+    its end (mamba's scan needs padding at one end); the bottleneck layer gets the modality segments."""
+
+    def __init__(self, layer: nn.Module, dim: int, num_modalities: int):
+        super().__init__()
+        if not getattr(layer, "sees_whole_sequence", True):
+            raise UsageError("a causal fusion layer cannot read per-modality CLS tokens; use --fusion_bidirectional "
+                             "True with mamba fusion in the composed model")
+        self.layer, self.out_dim = layer, dim
+        self.segmented = isinstance(layer, FUSION_LAYERS["bottleneck"])
+        self.cls = nn.Parameter(torch.zeros(1, num_modalities, dim))
+        nn.init.trunc_normal_(self.cls, std=0.02)
+
+    def forward(self, tokens: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
+        batch = tokens[0].shape[0]
+        absent = torch.stack([m.all(dim=1) for m in masks], dim=1)  # [B, M]
+        x = torch.cat([torch.cat([self.cls[:, k:k + 1].expand(batch, -1, -1).to(t.dtype), t], 1)
+                       for k, t in enumerate(tokens)], dim=1)  # [B, L, D], L = sum(1 + L_m)
+        mask = torch.cat([torch.cat([absent[:, k:k + 1], m], 1) for k, m in enumerate(masks)], dim=1)  # [B, L]
+        segments = [1 + t.shape[1] for t in tokens]
+        if self.segmented:
+            out = self.layer(x, mask, segments=segments)
+        else:
+            order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices  # real tokens first, in order
+            packed = self.layer(x.gather(1, order[..., None].expand_as(x)), mask.gather(1, order))
+            out = torch.empty_like(packed).scatter_(1, order[..., None].expand_as(packed), packed)  # unpacked
+        starts = torch.tensor([0] + segments[:-1], device=x.device).cumsum(0)  # CLS positions [M]
+        cls = out[:, starts]  # [B, M, D]
+        present = (~absent).unsqueeze(-1).to(cls.dtype)  # [B, M, 1]
+        return (cls * present).sum(1) / present.sum(1)  # [B, D]
+
+
+class ConcatFusion(nn.Module):
+    """Late fusion: the masked mean of every modality's tokens (zeros for a missing modality), concatenated:
+    M x [B, L_m, D] -> [B, M * D]."""
+
+    def __init__(self, dim: int, num_modalities: int):
+        super().__init__()
+        self.out_dim = dim * num_modalities
+
+    def forward(self, tokens: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
+        pooled = []
+        for t, m in zip(tokens, masks):
+            keep = (~m).unsqueeze(-1).to(t.dtype)  # [B, L_m, 1]
+            pooled.append((t * keep).sum(1) / keep.sum(1).clamp(min=1.0))  # [B, D]
+        return torch.cat(pooled, dim=-1)
+
+
+def _build_fusion(entry: dict, dim: int, num_modalities: int, allowed: str) -> nn.Module:
+    args = {k: v for k, v in _args(entry).items() if k != "dim"}
+    if "_target_" in entry:
+        layer = resolve_target(entry["_target_"], allowed)(dim=dim, num_modalities=num_modalities, **args)
+        return TokenFusion(layer, dim, num_modalities)
+    if entry["name"] == "concat":
+        return ConcatFusion(dim, num_modalities)
+    layer = FUSION_LAYERS[entry["name"]](dim=dim, num_modalities=num_modalities, **args)
+    return TokenFusion(layer, dim, num_modalities)
+
+
+def _build_head(entry: dict, in_dim: int, num_classes: int, allowed: str) -> nn.Module:
+    args = _args(entry)
+    if "_target_" in entry:
+        return resolve_target(entry["_target_"], allowed)(in_dim=in_dim, num_classes=num_classes, **args)
+    if entry["name"] == "linear":
+        return nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(args["dropout"]), nn.Linear(in_dim, num_classes))
+    hidden = args["hidden"] or in_dim
+    return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(args["dropout"]),
+                         nn.Linear(hidden, num_classes))
+
+
+class MultimodalConfig(PretrainedConfig):
+    """What rebuilds a :class:`MultimodalClassifier`: the canonical ``composition``, the video backbone's
+    architecture (``backbone_arch``), the model/data ``settings``, the pixel normalisation, and the labels."""
+
+    model_type = MODEL_TYPE
+
+    def __init__(self, composition: Optional[dict] = None, backbone_arch: Optional[dict] = None,
+                 settings: Optional[dict] = None, image_mean: Optional[list] = None,
+                 image_std: Optional[list] = None, **kwargs):
+        self.composition = copy.deepcopy(composition) or {}
+        self.backbone_arch = copy.deepcopy(backbone_arch)
+        self.settings = dict(settings or {})
+        self.image_mean = list(image_mean or IMAGENET_MEAN)
+        self.image_std = list(image_std or IMAGENET_STD)
+        super().__init__(**kwargs)
+
+
+class MultimodalClassifier(PreTrainedModel):
+    """Composed encoders + fusion + head (module docstring). forward(pixel_values [B, T, C, H, W], input_features
+    [B, 80, F], audio_attention_mask [B, F] bool, labels [B]) -> ClassifierOutput(loss, logits [B, num_labels]);
+    each input only when its modality is composed."""
+
+    config_class = MultimodalConfig
+    base_model_prefix = "multimodal"
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: MultimodalConfig, allowed_target_prefixes: Optional[str] = None,
+                 verbose: bool = False):
+        super().__init__(config)
+        cfg = settings_from_dict(config.settings)
+        allowed = allowed_target_prefixes or Settings().allowed_target_prefixes
+        spec = config.composition
+        # canonical order, whatever order a saved config lists them in (config.json sorts its keys)
+        self.modalities = [m for m in MODALITY_ORDER if m in spec["encoders"]]
+        self.encoders = nn.ModuleDict()
+        self.backbone: Optional[Backbone] = None
+        for modality in self.modalities:
+            module, backbone = _build_encoder(modality, spec["encoders"][modality], cfg, config.backbone_arch,
+                                              allowed, verbose)
+            self.encoders[modality] = module
+            self.backbone = backbone or self.backbone
+        widths = [getattr(m, "out_dim", getattr(m, "dim", None)) for m in self.encoders.values()]
+        dim = spec["fusion"].get("dim") or widths[0]
+        self.project = nn.ModuleDict({m: nn.Linear(w, dim) for m, w in zip(self.modalities, widths)})
+        self.modality_embedding = nn.Embedding(len(self.modalities), dim)
+        nn.init.trunc_normal_(self.modality_embedding.weight, std=0.02)
+        self.fusion = _build_fusion(spec["fusion"], dim, len(self.modalities), allowed)
+        self.head = _build_head(spec["head"], self.fusion.out_dim, config.num_labels, allowed)
+        self.label_smoothing = cfg.label_smoothing
+        self.num_classes = config.num_labels
+        self.batch_keys = dict(labels="labels")
+        if "video" in self.modalities:
+            self.batch_keys["pixel_values"] = "pixel_values"
+        if "audio" in self.modalities:
+            self.batch_keys.update(input_features="input_features", audio_attention_mask="audio_attention_mask")
+        # (module, buffer name, value) of buffers state_dict leaves out (e.g. Swin's index): from_pretrained restores
+        self._unsaved_buffers = [(m, n, b.detach().clone()) for m in self.modules()
+                                 for n, b in m.named_buffers(recurse=False) if n in m._non_persistent_buffers_set]
+        self.post_init()
+
+    @classmethod
+    def get_init_context(cls, *args, **kwargs) -> list:
+        """Build on a real device: construction computes buffers (timm) that the weights file lacks."""
+        return [c for c in super().get_init_context(*args, **kwargs) if not isinstance(c, torch.device)]
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        with torch.no_grad():
+            for module, name, value in model._unsaved_buffers:
+                module._buffers[name] = value.to(module._buffers[name].device)
+        return loaded
+
+    def _init_weights(self, module) -> None:
+        """Nothing to do: the builders initialise every module, and from_pretrained then loads every weight."""
+
+    def encode(self, modality: str, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """One modality -> (projected tokens [B, L_m, D] with modality embedding and positions, padding [B, L_m])."""
+        encoder = self.encoders[modality]
+        if modality == "video":
+            if inputs.get("pixel_values") is None:
+                raise ValueError("this model reads video: pass pixel_values [B, T, C, H, W]")
+            out = encoder(inputs["pixel_values"])
+        else:
+            if inputs.get("input_features") is None:
+                raise ValueError("this model reads audio: pass input_features [B, 80, F] (audio.log_mel) and "
+                                 "audio_attention_mask [B, F]")
+            out = encoder(inputs["input_features"], inputs.get("audio_attention_mask"))
+        tokens, padding = out if isinstance(out, tuple) else (out, None)  # [B, L, D_m], [B, L]
+        if padding is None:
+            padding = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        x = self.project[modality](tokens)  # [B, L, D]
+        position = sinusoidal_positions(x.shape[1], x.shape[2]).to(x)
+        return x + position + self.modality_embedding.weight[self.modalities.index(modality)], padding
+
+    def forward(self, pixel_values: Optional[torch.Tensor] = None, input_features: Optional[torch.Tensor] = None,
+                audio_attention_mask: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+                **unused) -> ClassifierOutput:
+        inputs = dict(pixel_values=pixel_values, input_features=input_features,
+                      audio_attention_mask=audio_attention_mask)
+        encoded = [self.encode(m, inputs) for m in self.modalities]
+        sizes = {t.shape[0] for t, _ in encoded}
+        if len(sizes) != 1:
+            raise ValueError(f"the modalities disagree on the batch size: {sizes}")
+        if torch.stack([m.all(dim=1) for _, m in encoded], dim=1).all(dim=1).any():
+            raise ValueError("a clip has none of the model's modalities (an audio-only model and a video without "
+                             "an audio track); use --require_audio True to stop at such videos, or add video to "
+                             "--modalities")
+        logits = self.head(self.fusion([t for t, _ in encoded], [m for _, m in encoded]))  # [B, num_classes]
+        loss = None
+        if labels is not None:
+            loss = classification_loss(logits, labels, self.label_smoothing)
+        return ClassifierOutput(loss=loss, logits=logits)
+
+
+def register_auto_classes() -> None:
+    from transformers import AutoConfig, AutoModel
+    AutoConfig.register(MODEL_TYPE, MultimodalConfig, exist_ok=True)
+    AutoModel.register(MultimodalConfig, MultimodalClassifier, exist_ok=True)
+
+
+def model_settings(cfg: Settings) -> dict:
+    """The settings a composed model's config keeps: model and data settings (not where the data lies)."""
+    from settings import DATA, FIELDS, MODEL
+    return {k: v for k, v in cfg.to_dict().items() if FIELDS[k].metadata["group"] in (MODEL, DATA)
+            and k != "data_root"}
+
+
+def build_composed(cfg: Settings, num_classes: int, arch: Optional[dict] = None, verbose: bool = True):
+    """build_model for the composed model: a BuiltModel whose ``arch`` is {composition, backbone_arch}."""
+    from build_model import BuiltModel
+    check_composed_flags(cfg)
+    spec = copy.deepcopy(arch["composition"]) if arch else composition(cfg)
+    config = MultimodalConfig(composition=spec, backbone_arch=arch.get("backbone_arch") if arch else None,
+                              settings=model_settings(cfg), num_labels=num_classes)
+    model = MultimodalClassifier(config, allowed_target_prefixes=cfg.allowed_target_prefixes,
+                                 verbose=verbose and arch is None)
+    backbone = model.backbone or Backbone(nn.Identity(), "none", 0, IMAGENET_MEAN, IMAGENET_STD, False,
+                                          "no video encoder", {})
+    config.backbone_arch = copy.deepcopy(backbone.arch) if model.backbone is not None else None
+    config.image_mean, config.image_std = list(backbone.mean), list(backbone.std)
+    total, trainable = count_parameters(model)
+    video = spec["encoders"].get("video", {})
+    info = dict(vision_model=video.get("vision_model", "none"), model_size=video.get("model_size", "none"),
+                backbone_kind=backbone.kind, fusion=spec["fusion"].get("name", spec["fusion"].get("_target_")),
+                modalities=list(spec["encoders"]), pretrained=backbone.pretrained, weights_source=backbone.source,
+                arch=dict(composition=spec, backbone_arch=config.backbone_arch), mean=list(backbone.mean),
+                std=list(backbone.std), params_total=total, params_trainable=trainable, lora_targets=[])
+    if verbose:
+        print(f"model: composed {' + '.join(spec['encoders'])} -> {info['fusion']} fusion -> "
+              f"{spec['head'].get('name', spec['head'].get('_target_'))} head | params total {total:,} | "
+              f"trainable {trainable:,}")
+    return BuiltModel(model, backbone, info)
+
+
+def video_processor(config: MultimodalConfig):
+    """The pixel preprocessing (VLoader.preprocess_video) as a transformers video processor."""
+    from transformers import VideoMAEVideoProcessor
+    size = config.settings.get("image_size", Settings().image_size)
+    return VideoMAEVideoProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                  image_mean=list(config.image_mean), image_std=list(config.image_std),
+                                  do_sample_frames=False)
+
+
+def save_composed(model: MultimodalClassifier, class_names: list, folder: str) -> list[str]:
+    """save_pretrained of the model (config.json with the composition, model.safetensors) and its processors:
+    the Whisper feature extractor (preprocessor_config.json) for audio, a video processor for video."""
+    from audio import feature_extractor
+    model.config.id2label = dict(enumerate(class_names))
+    model.config.label2id = {name: i for i, name in enumerate(class_names)}
+    model.save_pretrained(folder)
+    if "audio" in model.modalities:
+        feature_extractor().save_pretrained(folder)
+    if "video" in model.modalities:
+        video_processor(model.config).save_pretrained(folder)
+    return sorted(os.listdir(folder))
+
+
+def load_composed(folder: str, allowed_target_prefixes: Optional[str] = None):
+    """(model, {"feature_extractor": WhisperFeatureExtractor or None, "video_processor": ... or None})."""
+    from transformers import AutoVideoProcessor, WhisperFeatureExtractor
+    model = MultimodalClassifier.from_pretrained(folder, allowed_target_prefixes=allowed_target_prefixes)
+    processors = dict(feature_extractor=None, video_processor=None)
+    if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+        processors["feature_extractor"] = WhisperFeatureExtractor.from_pretrained(folder)
+    if os.path.isfile(os.path.join(folder, "video_preprocessor_config.json")):
+        processors["video_processor"] = AutoVideoProcessor.from_pretrained(folder)
+    return model.eval(), processors
