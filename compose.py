@@ -105,6 +105,10 @@ def _mamba_defaults(cfg: Settings) -> dict:
                 expand=cfg.fusion_expand)
 
 
+def _mamba2_defaults(cfg: Settings) -> dict:
+    return dict(_mamba_defaults(cfg), head_dim=cfg.fusion_head_dim)
+
+
 def _bottleneck_defaults(cfg: Settings) -> dict:
     return dict(_fusion_defaults(cfg), bottleneck_tokens=cfg.fusion_bottleneck_tokens,
                 bottleneck_layer=cfg.fusion_bottleneck_layer)
@@ -120,6 +124,7 @@ FUSIONS: dict[str, Callable[[Settings], dict]] = {
     "concat": lambda cfg: dict(dim=cfg.fusion_dim),
     "transformer": _fusion_defaults,
     "mamba": _mamba_defaults,
+    "mamba2": _mamba2_defaults,
     "bottleneck": _bottleneck_defaults,
 }
 HEADS: dict[str, Callable[[Settings], dict]] = {

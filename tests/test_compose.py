@@ -112,7 +112,7 @@ def test_yaml_declared_model_equals_flag_declared(in_tmp):
 
 
 # ---------------------------------------------------------------------------------------------- masks
-@pytest.mark.parametrize("fusion", ["concat", "transformer", "mamba", "bottleneck"])
+@pytest.mark.parametrize("fusion", ["concat", "transformer", "mamba", "mamba2", "bottleneck"])
 def test_audio_padding_changes_nothing(fusion):
     model = build(settings("--modalities", "video,audio", "--fusion", fusion))
     short = batch(frames=30)
@@ -122,7 +122,7 @@ def test_audio_padding_changes_nothing(fusion):
         torch.testing.assert_close(model(**padded).logits, model(**short).logits, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("fusion", ["concat", "transformer", "mamba", "bottleneck"])
+@pytest.mark.parametrize("fusion", ["concat", "transformer", "mamba", "mamba2", "bottleneck"])
 def test_missing_audio_is_a_masked_out_modality(fusion):
     model = build(settings("--modalities", "video,audio", "--fusion", fusion))
     silent = batch(real=0)
