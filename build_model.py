@@ -481,6 +481,9 @@ def build_model(cfg: Settings, num_classes: int, arch: Optional[dict] = None, ve
     """
     if num_classes < 2 and not cfg.captioning:
         raise ValueError(f"need at least 2 classes, got {num_classes}")
+    if uses_qwen_vl(cfg):  # Qwen2-VL brings its own vision tower and processor (qwen_vl.py)
+        from qwen_vl import build_qwen_vl
+        return build_qwen_vl(cfg, language_arch, checkpoint_folder, caption_texts, verbose)
     backbone = build_backbone(cfg, arch)
     if not backbone.pretrained and arch is None and verbose:
         loud_note(f"{cfg.vision_model}: NO PRETRAINED WEIGHTS - {backbone.source} "
@@ -519,6 +522,11 @@ def build_model(cfg: Settings, num_classes: int, arch: Optional[dict] = None, ve
     return BuiltModel(model, backbone, info, language)
 
 
+def uses_qwen_vl(cfg: Settings) -> bool:
+    from qwen_vl import is_qwen_vl_name
+    return cfg.use_vlm and cfg.captioning and is_qwen_vl_name(default_language_model(cfg))
+
+
 def rebuild_from_checkpoint(cfg: Settings, run_config: dict, folder: str) -> BuiltModel:
     """The model a checkpoint folder holds: its saved architecture (no Hub, no download) with its weights loaded.
     ``run_config`` is the folder's run_config.json (checkpointing.read_run_config)."""
@@ -546,8 +554,12 @@ def build_language_model(cfg: Settings, language_arch: Optional[dict], checkpoin
         if not language.lora_targets:
             raise UsageError(f"no default LoRA targets for the {language.arch.get('model_type')} language model; "
                              f"--use_lora_llm supports BERT-family encoders and GPT-2")
-        language.module = apply_lora(language.module, language.lora_targets, cfg.lora_r, cfg.lora_alpha,
-                                     cfg.lora_dropout, fan_in_fan_out=language.causal)
+        targets = [t.strip() for t in cfg.lora_llm_target_modules.split(",") if t.strip()] \
+            if cfg.lora_llm_target_modules else language.lora_targets
+        language.module = apply_lora(language.module, targets, cfg.lora_llm_r or cfg.lora_r,
+                                     cfg.lora_alpha if cfg.lora_llm_alpha is None else cfg.lora_llm_alpha,
+                                     cfg.lora_dropout if cfg.lora_llm_dropout is None else cfg.lora_llm_dropout,
+                                     fan_in_fan_out=language.causal and language.arch.get("model_type") == "gpt2")
     elif cfg.freeze_language_model:
         freeze(language.module)
     if (cfg.use_lora_llm or cfg.freeze_language_model) and not language.pretrained and language_arch is None:

@@ -47,7 +47,11 @@ class LanguageModel:
 
 
 def is_causal(name: Optional[str]) -> Optional[bool]:
-    """True for known causal names, False for known encoders, None when only loading the config can tell."""
+    """True for known causal names, False for known encoders, None when only loading the config can tell.
+    (``qwen2`` is a decoder, but here it serves as a text encoder: last-token pooling, no captioning.)"""
+    from qwen_vl import is_qwen_vl_name
+    if is_qwen_vl_name(name):
+        return True
     if name in KNOWN_LANGUAGE_MODELS:
         return name == "gpt2"
     config_path = os.path.join(name, "config.json") if name and os.path.isdir(name) else None

@@ -228,6 +228,19 @@ class Settings:
                             "writing them apart", group=RUNTIME)
     speed_repeats: int = _opt(5, "timed runs (after 2 warm-up runs) for the latency and throughput in eval.json; "
                               "0 = do not time", minimum=0, group=RUNTIME)
+    # --- issue 9: Qwen2-VL video description and Qwen2 text embeddings ------------------------------------------
+    lora_llm_r: Optional[int] = _opt(None, "LoRA rank of the language model; none = 64 for qwen2-vl, else --lora_r",
+                                     minimum=1, group=MODEL)
+    lora_llm_alpha: Optional[float] = _opt(None, "LoRA alpha of the language model; none = 128 for qwen2-vl, else "
+                                           "--lora_alpha", minimum=0.0, group=MODEL)
+    lora_llm_dropout: Optional[float] = _opt(None, "LoRA dropout of the language model; none = 0.05 for qwen2-vl, "
+                                             "else --lora_dropout", minimum=0.0, maximum=1.0, group=MODEL)
+    lora_llm_target_modules: Optional[str] = _opt(None, "comma-separated language-model modules for LoRA; none = "
+                                                  "q_proj,v_proj for qwen2-vl, else the model's default", group=MODEL)
+    train_vision_tower: bool = _opt(False, "qwen2-vl: train its vision tower (and merger) too; by default it stays "
+                                    "frozen", group=MODEL)
+    gradient_checkpointing: bool = _opt(False, "qwen2-vl: recompute activations in the backward pass (less memory, "
+                                        "more compute per step)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,168 @@
+"""Qwen2-VL video description (tiny random config, offline): placeholder counts, masking, LoRA, generation, round
+trips; and Qwen2 as a text encoder (last-token pooling, padding side)."""
+import pytest
+import torch
+
+from captioning import IGNORE_INDEX
+from qwen_vl import (DEFAULT_QUESTION, IM_END, VIDEO_PAD, QwenVLCaptioner, SFTCollator, check_video_tokens,
+                     expected_video_tokens, make_processor, prompt_text, tiny_qwen2_vl_config, train_qwen_tokenizer)
+from settings import Settings
+
+CAPTIONS = ["a red triangle moves to the right on a dark blue background",
+            "a green key rotates clockwise on a black background", "a white ell shrinks on a grey background"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_qwen_tokenizer(CAPTIONS)
+
+
+def make_model(tokenizer, seed=0, image_size=32, **cfg_kw):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from qwen_vl import prepare_for_training
+    torch.manual_seed(seed)
+    config = tiny_qwen2_vl_config(tokenizer)
+    model = Qwen2VLForConditionalGeneration(config)
+    cfg = Settings(use_vlm=True, captioning=True, language_model="qwen2-vl", **dict(dict(use_lora_llm=True), **cfg_kw))
+    model = prepare_for_training(model, cfg)
+    return QwenVLCaptioner(model, make_processor(tokenizer, config.vision_config, image_size)).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return make_model(tokenizer)
+
+
+def clips(n, frames=4, size=32, seed=0):
+    return torch.rand(n, frames, 3, size, size, generator=torch.Generator().manual_seed(seed))  # [B, T, C, H, W]
+
+
+@pytest.mark.parametrize("frames,height,width", [(2, 32, 32), (4, 32, 32), (8, 32, 32), (5, 48, 32), (6, 16, 64)])
+def test_placeholder_count_matches_the_features(model, frames, height, width):
+    """The processor expands <|video_pad|> to t*h*w / merge^2 copies, and the vision tower gives that many
+    features, for several frame counts and sizes (an odd frame count is padded to the temporal patch)."""
+    videos = torch.rand(2, frames, 3, height, width)
+    enc = model.collator(videos, ["what moves?", None])
+    need = expected_video_tokens(enc["video_grid_thw"], model.merge_size)
+    got = (enc["input_ids"] == model.video_token_id).sum(-1).tolist()
+    assert got == need and need[0] > 0
+    check_video_tokens(enc["input_ids"], enc["video_grid_thw"], model.video_token_id, model.merge_size)
+    base = model.base_model
+    features = base.model.get_video_features(enc["pixel_values_videos"], enc["video_grid_thw"]).pooler_output
+    assert [f.shape[0] for f in features] == need
+    with torch.no_grad():
+        out = model.run_model(**enc)
+    assert out.logits.shape[:2] == enc["input_ids"].shape
+
+
+def test_a_broken_prompt_gives_our_error_not_the_librarys(model):
+    """The seed's failure: a hand-written prompt with one <|video_pad|> (or none) for a video of many features."""
+    videos = clips(1, frames=8)
+    enc = model.collator(videos, ["describe"])
+    hand_written = f"<|im_start|>user\n<|vision_start|>{VIDEO_PAD}<|vision_end|>describe<|im_end|>\n"
+    enc["input_ids"] = model.tokenizer(hand_written, return_tensors="pt")["input_ids"]
+    enc["attention_mask"] = torch.ones_like(enc["input_ids"])
+    enc["mm_token_type_ids"] = (enc["input_ids"] == model.video_token_id).long() * 2
+    with pytest.raises(ValueError, match=r"prompt 0 holds 1 video placeholder tokens .* gives 16 features .*chat "
+                                         r"template"):
+        model.run_model(**enc)
+    enc["input_ids"][enc["input_ids"] == model.video_token_id] = model.tokenizer.pad_token_id
+    with pytest.raises(ValueError, match="holds 0 video placeholder tokens"):
+        model.run_model(**enc)
+
+
+def test_loss_is_masked_to_answer_tokens(model, tokenizer):
+    model = QwenVLCaptioner(model.language_model, model.processor, max_caption_tokens=10)
+    videos = clips(3)
+    answers = [CAPTIONS[0], CAPTIONS[1] + " " + CAPTIONS[2], "yes"]
+    questions = ["what happens?", "", "is something moving in this rather long clip?"]
+    enc = model.collator(videos, questions, answers)
+    end = tokenizer.convert_tokens_to_ids(IM_END)
+    for i, (q, a) in enumerate(zip(questions, answers)):
+        target = tokenizer(a, add_special_tokens=False)["input_ids"][:model.collator.max_answer_tokens] + [end]
+        labelled = enc["labels"][i][enc["labels"][i] != IGNORE_INDEX].tolist()
+        assert labelled == target  # exactly the answer + <|im_end|>
+        n_prompt = int((enc["labels"][i] == IGNORE_INDEX)[: int(enc["attention_mask"][i].sum())].sum())
+        prompt_ids = enc["input_ids"][i][:n_prompt]
+        assert tokenizer.decode(prompt_ids).startswith("<|im_start|>system")  # right padding: prompt first
+        assert (enc["labels"][i][enc["attention_mask"][i] == 0] == IGNORE_INDEX).all()
+    assert len(tokenizer(answers[1], add_special_tokens=False)["input_ids"]) > model.collator.max_answer_tokens
+    # the loss is the mean cross-entropy over exactly those positions (shifted by one)
+    out = model(videos, answers, questions)
+    logits = out.logits[:, :-1].float()
+    labels = enc["labels"][:, 1:]
+    manual = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                               ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(out.loss, manual, rtol=1e-4, atol=1e-5)
+    assert prompt_text(model.processor, None).count(DEFAULT_QUESTION) == 1
+
+
+def test_lora_targets_exactly_q_and_v_projections_and_the_vision_tower_is_frozen(model):
+    lora_modules = {name.rsplit(".lora_A", 1)[0] for name, _ in model.named_parameters() if ".lora_A" in name}
+    assert lora_modules and {m.rsplit(".", 1)[1] for m in lora_modules} == {"q_proj", "v_proj"}
+    assert all(".language_model." in m for m in lora_modules)
+    layers = model.base_model.config.text_config.num_hidden_layers
+    assert len(lora_modules) == 2 * layers
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    adapter = model.language_model.peft_config["default"]
+    assert (adapter.r, adapter.lora_alpha, adapter.lora_dropout) == (64, 128.0, 0.05)
+
+
+def test_vision_tower_trains_when_asked_and_gradient_checkpointing_runs(tokenizer):
+    model = make_model(tokenizer, train_vision_tower=True, gradient_checkpointing=True).train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(".visual." in n for n in trainable)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.base_model.modules())
+    out = model(clips(2), CAPTIONS[:2])
+    out.loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None for g in grads)
+
+
+def test_generation_greedy_and_beams_return_clean_text(tokenizer):
+    model = make_model(tokenizer, seed=1)
+    videos = clips(2, seed=3)
+    greedy = model.generate(videos, ["what happens?", None], max_new_tokens=6)
+    beams = model.generate(videos, ["what happens?", None], num_beams=3, max_new_tokens=6, repetition_penalty=1.3)
+    for texts in (greedy, beams):
+        assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+        assert not any(s in t for t in texts for s in ("<|im_end|>", "<|endoftext|>", VIDEO_PAD))
+    # beam search is the real thing: it equals transformers' beam search on the same inputs
+    inputs = model.collator(videos, ["what happens?", None])
+    raw = model.language_model.generate(**inputs, **model.generation_kwargs(3, 6, 0, 1.3))
+    assert model.decode(raw[:, inputs["input_ids"].shape[1]:]) == beams
+    # a video is answered the same alone and in a batch (left padding, positions from the mask)
+    assert model.generate(videos[1:], [None], max_new_tokens=6) == greedy[1:]
+
+
+def test_adapter_save_and_load_round_trip_gives_identical_answers(tokenizer, tmp_path):
+    from peft import PeftModel
+    from transformers import Qwen2VLForConditionalGeneration
+    model = make_model(tokenizer, seed=2)
+    with torch.no_grad():  # make the adapters non-trivial (lora_B starts at zero)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    videos = clips(2, seed=5)
+    before = model.generate(videos, None, num_beams=2, max_new_tokens=8)
+    model.language_model.save_pretrained(str(tmp_path / "adapter"))
+    base = model.base_model
+    fresh = Qwen2VLForConditionalGeneration(base.config)
+    fresh.load_state_dict({k.replace("base_layer.", ""): v for k, v in base.state_dict().items()
+                           if "lora_" not in k})
+    loaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter"))
+    again = QwenVLCaptioner(loaded, model.processor).eval()
+    assert again.generate(videos, None, num_beams=2, max_new_tokens=8) == before
+    plain = QwenVLCaptioner(Qwen2VLForConditionalGeneration(base.config), model.processor).eval()
+    assert plain.generate(videos, None, num_beams=2, max_new_tokens=8) != before  # the adapters matter
+
+
+def test_collator_rejects_mismatched_inputs(model):
+    with pytest.raises(ValueError, match="one question per video"):
+        model.collator(clips(2), ["only one"])
+    with pytest.raises(ValueError, match="one answer per video"):
+        model.collator(clips(2), None, ["one"])
+    with pytest.raises(ValueError, match=r"expected pixel_values \[B, T, C, H, W\]"):
+        model(clips(1)[0], ["x"])
