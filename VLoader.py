@@ -650,11 +650,22 @@ def _build_videos(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
     return build_video_datasets(cfg, clip_spec(cfg, mean, std, True), clip_spec(cfg, mean, std, False), parts)
 
 
+def _qa_classes(cfg) -> list[str]:
+    from sft_data import class_names
+    return class_names(cfg)
+
+
+def _build_qa(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
+    from sft_data import build
+    return build(cfg, mean, std, parts)
+
+
 # name -> (class names from the settings, builder of the splits); the only place dataset names are looked up
 DATASETS: dict[str, tuple[Callable, Callable]] = {
     "synthetic": (_synthetic_classes, _build_synthetic),
     "ucf101": (_video_classes, _build_videos),
     "videofolder": (_video_classes, _build_videos),
+    "qa_json": (_qa_classes, _build_qa),  # issue 9: video question-answer records (sft_data.py)
 }
 
 

@@ -381,7 +381,7 @@ def prepare_for_training(model: nn.Module, cfg) -> nn.Module:
         freeze(model.model.visual)
     if cfg.gradient_checkpointing:
         # non-reentrant: works with frozen embeddings (LoRA), no enable_input_require_grads needed
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.use_lora_llm:
         lora = lora_settings(cfg)

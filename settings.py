@@ -124,8 +124,9 @@ class Settings:
     max_caption_tokens: int = _opt(32, "caption tokens learned per video (longer captions are truncated)",
                                    minimum=1, maximum=512, group=MODEL)
     # --- data --------------------------------------------------------------------------------------------------
-    dataset: str = _opt("synthetic", "training data: synthetic (.pt, generated if missing), ucf101 (official splits) "
-                        "or videofolder (<data_root>/<class>/<video>)", choices=_dataset_choices, group=DATA)
+    dataset: str = _opt("synthetic", "training data: synthetic (.pt, generated if missing), ucf101 (official splits), "
+                        "videofolder (<data_root>/<class>/<video>) or qa_json (video question-answer records: "
+                        "<data_root>/{train,test}.json)", choices=_dataset_choices, group=DATA)
     data_root: str = _opt("synthetic_dataset", "dataset folder; the synthetic one is generated if missing, for ucf101 "
                           "the unpacked UCF-101/ folder", group=DATA)
     split: int = _opt(1, "ucf101: official split 1, 2 or 3", minimum=1, maximum=3, group=DATA)
@@ -413,7 +414,11 @@ def validate(cfg: Settings) -> Settings:
     if cfg.merge_lora and not cfg.export_dir:
         raise UsageError("--merge_lora True applies to --export_dir; add --export_dir DIR or drop --merge_lora")
     check_views(cfg)
-    if cfg.dataset != "synthetic" and (cfg.captioning or cfg.use_text):
+    if cfg.dataset == "qa_json" and not cfg.captioning:
+        raise UsageError("--dataset qa_json holds question-answer records for a captioner: add --use_vlm True "
+                         "--captioning True (e.g. with --language_model qwen2-vl)")
+    check_qwen_flags(cfg)
+    if cfg.dataset not in ("synthetic", "qa_json") and (cfg.captioning or cfg.use_text):
         name = "captioning" if cfg.captioning else "use_text"
         raise UsageError(f"--{name} True needs the captions and text hints of the synthetic dataset; --dataset "
                          f"{cfg.dataset} has none: use --dataset synthetic or drop --{name}")
@@ -427,6 +432,15 @@ def check_views(cfg: Settings) -> None:
     if cfg.captioning and cfg.test_clips * cfg.test_crops > 1:
         raise UsageError("multi-view testing averages class logits and a captioner generates text: use "
                          "--test_clips 1 --test_crops 1 with --captioning True")
+
+
+def check_qwen_flags(cfg: Settings) -> None:
+    """Issue 9: the Qwen2-VL-only flags need --language_model qwen2-vl (or a Qwen2-VL id / folder)."""
+    from qwen_vl import is_qwen_vl_name
+    qwen_only = [name for name in ("train_vision_tower", "gradient_checkpointing") if getattr(cfg, name)]
+    if qwen_only and not (cfg.use_vlm and cfg.captioning and is_qwen_vl_name(cfg.language_model)):
+        raise UsageError(f"--{qwen_only[0]} applies to Qwen2-VL: add --use_vlm True --captioning True "
+                         f"--language_model qwen2-vl, or drop the flag")
 
 
 def default_language_model(cfg: Settings) -> Optional[str]:
