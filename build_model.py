@@ -370,6 +370,10 @@ class VisionLanguageClassifier(nn.Module):
             self.tokenizer.bos_token_id
         self.sep_id = self.tokenizer.sep_token_id if self.tokenizer.sep_token_id is not None else \
             self.tokenizer.eos_token_id
+        if self.cls_id is None:  # Qwen2 has no [CLS]/<bos>: its end-of-text marks the start (issue 9)
+            self.cls_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.sep_id
+        from language import LAST_TOKEN_POOLING
+        self.last_token_pooling = config.model_type in LAST_TOKEN_POOLING  # decoders: the last real token's state
         self.pad_id = self.tokenizer.pad_token_id or 0
         longest = 2 + self.max_video_tokens + (self.max_text_tokens + 1 if self.use_text else 0)
         if longest > config.max_position_embeddings:
@@ -418,9 +422,15 @@ class VisionLanguageClassifier(nn.Module):
         kwargs = {}
         if self.use_token_types:
             kwargs["token_type_ids"] = torch.cat([torch.zeros_like(mask[0])] + mask[1:], dim=1)  # 0 video, 1 text
-        hidden = self.lm(inputs_embeds=inputs, attention_mask=attention_mask, **kwargs).last_hidden_state
-        keep = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, S, 1]
-        pooled = (hidden * keep).sum(1) / keep.sum(1)  # masked mean of the joint sequence: [B, D]
+        if self.last_token_pooling:
+            from language import last_token_pool, real_token_positions
+            hidden = self.lm(inputs_embeds=inputs, attention_mask=attention_mask,
+                             position_ids=real_token_positions(attention_mask)).last_hidden_state
+            pooled = last_token_pool(hidden, attention_mask)  # [B, D]
+        else:
+            hidden = self.lm(inputs_embeds=inputs, attention_mask=attention_mask, **kwargs).last_hidden_state
+            keep = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, S, 1]
+            pooled = (hidden * keep).sum(1) / keep.sum(1)  # masked mean of the joint sequence: [B, D]
         # the projected video tokens also reach the head directly, so the video encoder learns even while the
         # language model's attention still favours the (real-word) text tokens over the new video tokens
         logits = self.head(torch.cat([video.mean(1).to(pooled.dtype), pooled], dim=-1))  # [B, num_classes]

@@ -166,3 +166,56 @@ def test_collator_rejects_mismatched_inputs(model):
         model.collator(clips(2), None, ["one"])
     with pytest.raises(ValueError, match=r"expected pixel_values \[B, T, C, H, W\]"):
         model(clips(1)[0], ["x"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Qwen2 as the text encoder of the vision + text classifier
+# ----------------------------------------------------------------------------------------------------------------
+QWEN2_VLM = dict(vision_model="videomae", model_size="tiny", num_frames=4, image_size=32, use_vlm=True,
+                 language_model="qwen2", use_text=True, device="cpu")
+TEXTS = ["the shape slides sideways", "the clip is played backwards and the shape changes size quite slowly", "up"]
+
+
+@pytest.fixture(scope="module")
+def qwen2_encoder():
+    from language import tiny_qwen2_encoder
+    torch.manual_seed(0)
+    model, tokenizer = tiny_qwen2_encoder()
+    return model.eval(), tokenizer
+
+
+def test_last_token_embeddings_do_not_depend_on_padding_side_or_batch(qwen2_encoder):
+    from language import text_embeddings
+    model, tokenizer = qwen2_encoder
+    left = text_embeddings(model, tokenizer, TEXTS, padding_side="left")
+    right = text_embeddings(model, tokenizer, TEXTS, padding_side="right")
+    alone = torch.cat([text_embeddings(model, tokenizer, [t]) for t in TEXTS])
+    assert left.shape == (3, model.config.hidden_size)
+    torch.testing.assert_close(left, alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(right, alone, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(alone[0], alone[1])
+    # the last REAL token: a mean over positions, or the last column of a right-padded batch, would differ
+    enc = tokenizer(TEXTS, return_tensors="pt", padding=True, padding_side="right")
+    naive = model(**enc).last_hidden_state[:, -1]
+    assert not torch.allclose(naive[0], alone[0], atol=1e-3)
+
+
+def test_qwen2_text_encoder_in_the_classifier():
+    from build_model import build_model
+    torch.manual_seed(0)
+    built = build_model(Settings(**QWEN2_VLM, use_lora_llm=True), 4, verbose=False)
+    model = built.model.eval()
+    assert built.info["language_model_pretrained"] is False and built.info["language_arch"]["model_type"] == "qwen2"
+    assert model.last_token_pooling
+    lora = {n.split(".lora_A")[0].rsplit(".", 1)[1] for n, _ in model.named_parameters() if ".lora_A" in n}
+    assert lora == {"q_proj", "v_proj"}
+    clip = torch.rand(1, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        alone = model(clip, text=[TEXTS[0]]).logits
+        batch = model(clip.repeat(2, 1, 1, 1, 1), text=[TEXTS[0], TEXTS[1]]).logits  # row 0 right-padded
+        other = model(clip, text=[TEXTS[2]]).logits
+    torch.testing.assert_close(batch[0:1], alone, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(other, alone)  # the text reaches the classifier
+    out = model(clip.repeat(2, 1, 1, 1, 1), labels=torch.tensor([0, 1]), text=TEXTS[:2])
+    out.loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)
