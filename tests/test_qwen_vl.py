@@ -1,5 +1,7 @@
 """Qwen2-VL video description (tiny random config, offline): placeholder counts, masking, LoRA, generation, round
 trips; and Qwen2 as a text encoder (last-token pooling, padding side)."""
+import os
+
 import pytest
 import torch
 
@@ -219,3 +221,85 @@ def test_qwen2_text_encoder_in_the_classifier():
     out = model(clip.repeat(2, 1, 1, 1, 1), labels=torch.tensor([0, 1]), text=TEXTS[:2])
     out.loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_B" in n)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SFT records and the CLI
+# ----------------------------------------------------------------------------------------------------------------
+def test_sft_records_in_both_formats_and_clear_errors(tmp_path):
+    import json
+
+    from sft_data import read_records
+    from settings import UsageError
+    (tmp_path / "v1.pt").write_bytes(b"")
+    records = [
+        {"video": "v1.pt", "question": "What moves?", "answer": "a red key"},
+        {"video": "v1.pt", "answer": "no question"},
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "<video>How?"},
+                      {"role": "assistant", "content": "it grows"}], "videos": ["v1.pt"], "id": "chat"},
+        {"messages": [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Colour?"}]},
+                      {"role": "assistant", "content": [{"type": "text", "text": "blue"}]}],
+         "videos": [str(tmp_path / "v1.pt")]},
+    ]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(records))
+    got = [(os.path.basename(r.video), r.question, r.answer) for r in read_records(str(path))]
+    assert got == [("v1.pt", "What moves?", "a red key"), ("v1.pt", "", "no question"), ("v1.pt", "How?", "it grows"),
+                   ("v1.pt", "Colour?", "blue")]
+    assert read_records(str(path))[2].video_id == "chat"
+    jsonl = tmp_path / "lines.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in records[:2]) + "\n")
+    assert len(read_records(str(jsonl))) == 2
+    for bad, needle in [({"messages": [{"role": "user", "content": "x"}], "videos": ["v1.pt"]}, "no assistant"),
+                        ({"messages": records[2]["messages"], "videos": ["a.mp4", "b.mp4"]}, "exactly one video"),
+                        ({"video": "v1.pt", "answer": " "}, "answer is empty"),
+                        ({"clip": "v1.pt"}, "expected {'video', 'question', 'answer'}")]:
+        path.write_text(json.dumps([bad]))
+        with pytest.raises(UsageError, match=needle):
+            read_records(str(path))
+
+
+def test_qa_json_train_then_inference_gives_identical_answers(tiny_dataset, tmp_path):
+    """SFT from chat-format records through main.py (LoRA, gradient checkpointing, beams); the checkpoint, rebuilt
+    by inference.py from its folder alone, answers the exported frames exactly as the trained model did."""
+    import json
+
+    import create_dummy
+    import inference
+    import main as train_main
+    import sft_data
+    qa = str(tmp_path / "qa")
+    sft_data.write_synthetic(tiny_dataset, qa)
+    out = str(tmp_path / "runs")
+    flags = ["--dataset", "qa_json", "--data_root", qa, "--use_vlm", "True", "--captioning", "True",
+             "--language_model", "qwen2-vl", "--use_lora_llm", "True", "--gradient_checkpointing", "True"]
+    result = train_main.main(["--output_dir", out, "--run_name", "qwen", "--epochs", "1", "--max_steps", "2",
+                              "--batch_size", "8", "--num_frames", "4", "--image_size", "32", "--num_beams", "2",
+                              "--max_new_tokens", "5", "--speed_repeats", "0", "--summary_csv", "none", "--quiet",
+                              *flags])
+    assert result["language_model"] == "qwen2-vl" and result["language_model_pretrained"] is False
+    assert set(result["metrics"]) >= {"BLEU-4", "CIDEr", "ROUGE-L"} and result["num_samples"] == 8
+    best = os.path.join(out, "qwen", "best")
+    saved = json.load(open(os.path.join(best, "run_config.json")))["model_info"]
+    assert saved["lora_targets"] == ["q_proj", "v_proj"] and saved["language_arch"]["model_type"] == "qwen2_vl"
+    frames = str(tmp_path / "frames")
+    create_dummy.main(["--data_root", tiny_dataset, "--out_dir", frames, "--quiet"])
+    # the question goes in with --text_input (texts.json beside the frames holds the synthetic hints instead)
+    predicted = inference.main(["--video_dir", frames, "--checkpoint", best, "--num_beams", "2", "--max_new_tokens",
+                                "5", "--text_input", sft_data.DESCRIBE, "--predictions_file",
+                                str(tmp_path / "answers.json"), "--quiet"])
+    by_video = {p["video"]: p["caption"] for p in predicted["predictions"]}
+    trained = {c["video"].split(":", 1)[0].split("/", 1)[1]: c["generated"] for c in result["captions"]}
+    trained = {k.replace(".pt", "").replace("/", "_"): v for k, v in trained.items()}
+    assert by_video == trained
+
+
+def test_qwen_flags_are_refused_elsewhere_in_one_line(capsys):
+    import main as train_main
+    from settings import run_cli
+    code = run_cli(train_main.main, ["--gradient_checkpointing", "True"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "applies to Qwen2-VL" in err[0]
+    code = run_cli(train_main.main, ["--dataset", "qa_json", "--data_root", "nowhere"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--captioning True" in err[0]
