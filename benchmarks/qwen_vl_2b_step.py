@@ -31,7 +31,8 @@ from settings import Settings  # noqa: E402
 
 SIZES = {
     "2b": dict(text=dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                         num_key_value_heads=2, max_position_embeddings=32768, vocab_size=151936, tie_word_embeddings=True,
+                         num_key_value_heads=2, max_position_embeddings=32768, vocab_size=151936,
+                         tie_word_embeddings=True,
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
                                           "mrope_section": [16, 24, 24]}),
                vision=dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4, patch_size=14,
@@ -52,7 +53,8 @@ def build(size: str, device: str, dtype: torch.dtype, pixels: int):
     ids = tokenizer.convert_tokens_to_ids
     text = dict(SIZES[size]["text"])
     text.setdefault("vocab_size", len(tokenizer))  # the 2B vocabulary is kept (its memory is part of the cost)
-    config = Qwen2VLConfig(text_config=dict(text, bos_token_id=None, eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>")),
+    text.update(bos_token_id=None, eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
+    config = Qwen2VLConfig(text_config=text,
                            vision_config=SIZES[size]["vision"], image_token_id=ids("<|image_pad|>"),
                            video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
                            vision_end_token_id=ids("<|vision_end|>"))

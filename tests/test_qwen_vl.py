@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from captioning import IGNORE_INDEX
-from qwen_vl import (DEFAULT_QUESTION, IM_END, VIDEO_PAD, QwenVLCaptioner, SFTCollator, check_video_tokens,
+from qwen_vl import (DEFAULT_QUESTION, IM_END, VIDEO_PAD, QwenVLCaptioner, check_video_tokens,
                      expected_video_tokens, make_processor, prompt_text, tiny_qwen2_vl_config, train_qwen_tokenizer)
 from settings import Settings
 
