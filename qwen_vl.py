@@ -379,6 +379,10 @@ def prepare_for_training(model: nn.Module, cfg) -> nn.Module:
     """Freeze the vision tower (unless --train_vision_tower), LoRA or freezing on the language model, gradient
     checkpointing. Returns the model to train (a PeftModel with LoRA)."""
     from build_model import apply_lora, freeze
+    from settings import UsageError
+    if cfg.freeze_language_model and not cfg.train_vision_tower:
+        raise UsageError("--freeze_language_model True with the vision tower frozen (the default) leaves nothing to "
+                         "train in Qwen2-VL; use --use_lora_llm True, or add --train_vision_tower True")
     if not cfg.train_vision_tower:
         freeze(model.model.visual)
     if cfg.gradient_checkpointing:

@@ -303,3 +303,9 @@ def test_qwen_flags_are_refused_elsewhere_in_one_line(capsys):
     code = run_cli(train_main.main, ["--dataset", "qa_json", "--data_root", "nowhere"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--captioning True" in err[0]
+
+
+def test_freezing_everything_is_refused(tokenizer):
+    from settings import UsageError
+    with pytest.raises(UsageError, match="leaves nothing to train"):
+        make_model(tokenizer, use_lora_llm=False, freeze_language_model=True)
