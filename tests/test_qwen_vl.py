@@ -309,3 +309,15 @@ def test_freezing_everything_is_refused(tokenizer):
     from settings import UsageError
     with pytest.raises(UsageError, match="leaves nothing to train"):
         make_model(tokenizer, use_lora_llm=False, freeze_language_model=True)
+
+
+def test_a_checkpoint_older_than_the_new_settings_still_resumes():
+    """Settings added later (these Qwen ones) count as their defaults in a checkpoint written before them."""
+    from train_code import resume_differences
+    cfg = Settings()
+    old = {k: v for k, v in cfg.to_dict().items() if not k.startswith(("lora_llm_", "train_vision_tower"))}
+    state = dict(num_processes=1, batch=0)
+    assert resume_differences(cfg, dict(settings=old, class_names=["a", "b"]), state, ["a", "b"], 1) == []
+    cfg.train_vision_tower = True
+    assert resume_differences(cfg, dict(settings=old, class_names=["a", "b"]), state, ["a", "b"], 1) == \
+        ["train_vision_tower=False there, True here"]
