@@ -665,6 +665,14 @@ def _av_classes(cfg) -> list[str]:
 def _build_av(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
     from av_data import build_av_datasets
     return build_av_datasets(cfg, mean, std, parts)
+def _qa_classes(cfg) -> list[str]:
+    from sft_data import class_names
+    return class_names(cfg)
+
+
+def _build_qa(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
+    from sft_data import build
+    return build(cfg, mean, std, parts)
 
 
 # name -> (class names from the settings, builder of the splits); the only place dataset names are looked up
@@ -673,6 +681,7 @@ DATASETS: dict[str, tuple[Callable, Callable]] = {
     "ucf101": (_video_classes, _build_videos),
     "videofolder": (_video_classes, _build_videos),
     "synthetic_av": (_av_classes, _build_av),  # issue 10: video files with sound (av_data.py)
+    "qa_json": (_qa_classes, _build_qa),  # issue 9: video question-answer records (sft_data.py)
 }
 
 

@@ -370,6 +370,10 @@ class VisionLanguageClassifier(nn.Module):
             self.tokenizer.bos_token_id
         self.sep_id = self.tokenizer.sep_token_id if self.tokenizer.sep_token_id is not None else \
             self.tokenizer.eos_token_id
+        if self.cls_id is None:  # Qwen2 has no [CLS]/<bos>: its end-of-text marks the start (issue 9)
+            self.cls_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.sep_id
+        from language import LAST_TOKEN_POOLING
+        self.last_token_pooling = config.model_type in LAST_TOKEN_POOLING  # decoders: the last real token's state
         self.pad_id = self.tokenizer.pad_token_id or 0
         longest = 2 + self.max_video_tokens + (self.max_text_tokens + 1 if self.use_text else 0)
         if longest > config.max_position_embeddings:
@@ -418,9 +422,15 @@ class VisionLanguageClassifier(nn.Module):
         kwargs = {}
         if self.use_token_types:
             kwargs["token_type_ids"] = torch.cat([torch.zeros_like(mask[0])] + mask[1:], dim=1)  # 0 video, 1 text
-        hidden = self.lm(inputs_embeds=inputs, attention_mask=attention_mask, **kwargs).last_hidden_state
-        keep = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, S, 1]
-        pooled = (hidden * keep).sum(1) / keep.sum(1)  # masked mean of the joint sequence: [B, D]
+        if self.last_token_pooling:
+            from language import last_token_pool, real_token_positions
+            hidden = self.lm(inputs_embeds=inputs, attention_mask=attention_mask,
+                             position_ids=real_token_positions(attention_mask)).last_hidden_state
+            pooled = last_token_pool(hidden, attention_mask)  # [B, D]
+        else:
+            hidden = self.lm(inputs_embeds=inputs, attention_mask=attention_mask, **kwargs).last_hidden_state
+            keep = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, S, 1]
+            pooled = (hidden * keep).sum(1) / keep.sum(1)  # masked mean of the joint sequence: [B, D]
         # the projected video tokens also reach the head directly, so the video encoder learns even while the
         # language model's attention still favours the (real-word) text tokens over the new video tokens
         logits = self.head(torch.cat([video.mean(1).to(pooled.dtype), pooled], dim=-1))  # [B, num_classes]
@@ -484,6 +494,9 @@ def build_model(cfg: Settings, num_classes: int, arch: Optional[dict] = None, ve
     if cfg.modalities or cfg.model_config:  # issue 10: the composed multimodal model
         from compose import build_composed
         return build_composed(cfg, num_classes, arch, verbose)
+    if uses_qwen_vl(cfg):  # Qwen2-VL brings its own vision tower and processor (qwen_vl.py)
+        from qwen_vl import build_qwen_vl
+        return build_qwen_vl(cfg, language_arch, checkpoint_folder, caption_texts, verbose)
     backbone = build_backbone(cfg, arch)
     if not backbone.pretrained and arch is None and verbose:
         loud_note(f"{cfg.vision_model}: NO PRETRAINED WEIGHTS - {backbone.source} "
@@ -522,6 +535,11 @@ def build_model(cfg: Settings, num_classes: int, arch: Optional[dict] = None, ve
     return BuiltModel(model, backbone, info, language)
 
 
+def uses_qwen_vl(cfg: Settings) -> bool:
+    from qwen_vl import is_qwen_vl_name
+    return cfg.use_vlm and cfg.captioning and is_qwen_vl_name(default_language_model(cfg))
+
+
 def rebuild_from_checkpoint(cfg: Settings, run_config: dict, folder: str) -> BuiltModel:
     """The model a checkpoint folder holds: its saved architecture (no Hub, no download) with its weights loaded.
     ``run_config`` is the folder's run_config.json (checkpointing.read_run_config)."""
@@ -549,8 +567,12 @@ def build_language_model(cfg: Settings, language_arch: Optional[dict], checkpoin
         if not language.lora_targets:
             raise UsageError(f"no default LoRA targets for the {language.arch.get('model_type')} language model; "
                              f"--use_lora_llm supports BERT-family encoders and GPT-2")
-        language.module = apply_lora(language.module, language.lora_targets, cfg.lora_r, cfg.lora_alpha,
-                                     cfg.lora_dropout, fan_in_fan_out=language.causal)
+        targets = [t.strip() for t in cfg.lora_llm_target_modules.split(",") if t.strip()] \
+            if cfg.lora_llm_target_modules else language.lora_targets
+        language.module = apply_lora(language.module, targets, cfg.lora_llm_r or cfg.lora_r,
+                                     cfg.lora_alpha if cfg.lora_llm_alpha is None else cfg.lora_llm_alpha,
+                                     cfg.lora_dropout if cfg.lora_llm_dropout is None else cfg.lora_llm_dropout,
+                                     fan_in_fan_out=language.causal and language.arch.get("model_type") == "gpt2")
     elif cfg.freeze_language_model:
         freeze(language.module)
     if (cfg.use_lora_llm or cfg.freeze_language_model) and not language.pretrained and language_arch is None:

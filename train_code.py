@@ -616,7 +616,8 @@ def check_resume(cfg: Settings, folder: str, class_names: list, accelerator: Acc
 def resume_differences(cfg: Settings, saved_config: dict, state: dict, class_names: list, num_processes: int
                        ) -> list[str]:
     """What makes a checkpoint unfit to continue this run, each as 'what there, what here'."""
-    saved = saved_config["settings"]
+    # a setting added after the checkpoint was written holds its default there
+    saved = {**{k: f.default for k, f in FIELDS.items()}, **saved_config["settings"]}
     diffs = []
     if saved_config["class_names"] != class_names:
         diffs.append(f"{len(saved_config['class_names'])} classes {saved_config['class_names']} there, "
