@@ -286,7 +286,7 @@ try:  # optional Triton kernels for the SSD scan (CUDA); never required
 except Exception:
     _cuda_ssd_scan = None
 
-SSD_CHUNK_LEN = 64
+SSD_CHUNK_LEN = 32
 
 
 def segment_sums(log_decay: torch.Tensor) -> torch.Tensor:
@@ -300,6 +300,28 @@ def segment_sums(log_decay: torch.Tensor) -> torch.Tensor:
     sums = log_decay.unsqueeze(-1).expand(*log_decay.shape, length).masked_fill(~below, 0.0).cumsum(-2)
     return sums.masked_fill(~below.logical_or(torch.eye(length, dtype=torch.bool, device=log_decay.device)),
                             float("-inf"))
+
+
+def carry_states(own_ends: torch.Tensor, log_decay: torch.Tensor, block: int = SSD_CHUNK_LEN) -> torch.Tensor:
+    """The state recurrence at chunk level: s[c] = exp(log_decay[c]) s[c-1] + own_ends[c], s[-1] = 0.
+
+    own_ends [B, H, n, F] (each chunk's end state started from zero), log_decay [B, H, n] (each chunk's total) ->
+    s [B, H, n, F]. The same trick once more: up to ``block`` chunks are one masked matrix product; longer sequences
+    are cut into blocks, solved inside each block, and the blocks' end states are carried by a recursive call. The
+    work stays linear in n (a single n x n product would be quadratic) with log_block(n) levels of calls.
+    """
+    batch, heads, n, feat = own_ends.shape
+    if n <= block:
+        return segment_sums(log_decay).exp() @ own_ends
+    pad = (-n) % block
+    own_ends, log_decay = F.pad(own_ends, (0, 0, 0, pad)), F.pad(log_decay, (0, pad))
+    n_blocks = (n + pad) // block
+    log_decay = log_decay.view(batch, heads, n_blocks, block)
+    inside = segment_sums(log_decay).exp() @ own_ends.view(batch, heads, n_blocks, block, feat)  # [B, H, nb, b, F]
+    block_ends = carry_states(inside[..., -1, :], log_decay.sum(-1), block)  # [B, H, nb, F]
+    entering = F.pad(block_ends[:, :, :-1], (0, 0, 1, 0)).unsqueeze(3)  # state entering each block: [B, H, nb, 1, F]
+    inside = inside + log_decay.cumsum(-1).exp().unsqueeze(-1) * entering
+    return inside.view(batch, heads, n_blocks * block, feat)[:, :, :n]
 
 
 def ssd_chunked_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -333,9 +355,7 @@ def ssd_chunked_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torc
     # each chunk's own end state (from zero), then the state entering every chunk from the ones before it
     to_end = (cumulative[..., -1:] - cumulative).exp().unsqueeze(-1)  # a[s+1] ... a[Q-1]: [B, H, nc, Q, 1]
     end_states = (x_dt * to_end).transpose(-1, -2) @ B  # [B, H, nc, P, N]
-    chunk_log_decay = log_decay.sum(-1)  # [B, H, nc]
-    carry = segment_sums(chunk_log_decay).exp()  # [B, H, nc(to), nc(from)]: decay between chunk ends
-    true_ends = (carry @ end_states.flatten(-2)).view_as(end_states)  # [B, H, nc, P, N]
+    true_ends = carry_states(end_states.flatten(-2), log_decay.sum(-1)).view_as(end_states)  # [B, H, nc, P, N]
     starts = F.pad(true_ends[:, :, :-1], (0, 0, 0, 0, 1, 0))  # state entering chunk c = true end of chunk c-1
     from_start = cumulative.exp().unsqueeze(-1)  # a[0] ... a[t] within the chunk: [B, H, nc, Q, 1]
     y_carried = (C @ starts.transpose(-1, -2)) * from_start  # [B, H, nc, Q, P]

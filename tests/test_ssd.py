@@ -62,13 +62,27 @@ def test_ssd_scan_stays_exact_over_long_strongly_decaying_sequences():
 
 
 def test_ssd_scan_work_does_not_loop_over_time():
-    """The same number of tensor operations for 64 and 4096 steps: nothing in the scan loops over time or chunks."""
+    """No loop over time steps or chunks: the number of tensor operations is the same for 64 and 1024 steps (up to
+    32 chunks of 32: one chunk-carry product) and for 2048 and 4096 (one recursive carry level more)."""
     def op_count(length):
         inputs = [t.detach() for t in ssd_inputs(1, length, heads=1, head_dim=2, d_state=2)]
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            ssm.ssd_chunked_scan(*inputs)
+            ssm.ssd_chunked_scan(*inputs, chunk_len=32)
         return sum(event.count for event in prof.key_averages())
-    assert op_count(4096) == op_count(64)
+    assert op_count(1024) == op_count(64)
+    assert op_count(4096) == op_count(2048)
+
+
+@pytest.mark.parametrize("chunks", [1, 5, 32, 33, 100, 1100])
+def test_chunk_carry_matches_sequential_recurrence(chunks):
+    g = torch.Generator().manual_seed(chunks)
+    own_ends = torch.randn(2, 3, chunks, 4, generator=g, dtype=torch.float64)
+    log_decay = -torch.rand(2, 3, chunks, generator=g, dtype=torch.float64) * 3
+    state, expected = torch.zeros(2, 3, 4, dtype=torch.float64), []
+    for c in range(chunks):
+        state = log_decay[:, :, c, None].exp() * state + own_ends[:, :, c]
+        expected.append(state)
+    torch.testing.assert_close(ssm.carry_states(own_ends, log_decay, block=8), torch.stack(expected, dim=2))
 
 
 def test_ssd_scan_keeps_fp32_under_bf16_autocast():
