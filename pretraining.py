@@ -143,6 +143,21 @@ def reconstruction_targets(frames01: torch.Tensor, tubelet: int, patch: int, nor
     return ((x - mean) / std).reshape(patches.shape)
 
 
+def frame_differences(frames01: torch.Tensor) -> torch.Tensor:
+    """[B, T, C, H, W] -> [B, T, C, H, W]: frame t+1 minus frame t; the last frame repeats the difference before
+    it. What is static (background, still distractors) is 0; what moves is not."""
+    diff = frames01[:, 1:] - frames01[:, :-1]  # [B, T-1, C, H, W]
+    return torch.cat([diff, diff[:, -1:]], dim=1)
+
+
+def mvm_targets(frames01: torch.Tensor, target: str, tubelet: int, patch: int, norm_pix: bool) -> torch.Tensor:
+    """Per-token targets [B, N, tubelet * patch * patch * C] of ``--mvm_target``: the (normalised) pixels, or the
+    raw frame differences."""
+    if target == "frame_difference":
+        return patchify(frame_differences(frames01), tubelet, patch)
+    return reconstruction_targets(frames01, tubelet, patch, norm_pix)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # contrastive loss and retrieval (pure)
 # ----------------------------------------------------------------------------------------------------------------
@@ -216,7 +231,7 @@ class VideoPretrainer(nn.Module):
                  text: Optional[FrozenTextEncoder] = None, mean: Sequence[float] = (), std: Sequence[float] = ()):
         super().__init__()
         self.objective = cfg.pretrain_objective
-        self.mask_ratio, self.mask_type = cfg.mask_ratio, cfg.mask_type
+        self.mask_ratio, self.mask_type, self.target = cfg.mask_ratio, cfg.mask_type, cfg.mvm_target
         self.mean, self.std = tuple(mean), tuple(std)
         if mae is not None:
             self.mae = mae
@@ -261,8 +276,14 @@ class VideoPretrainer(nn.Module):
             mask = bool_masked_pos if bool_masked_pos is not None else self.draw_mask(len(pixel_values))
             mask = mask.to(pixel_values.device)
             mae_out = self.mae(pixel_values=pixel_values, bool_masked_pos=mask)
-            out.mvm_loss, out.logits, out.bool_masked_pos = mae_out.loss, mae_out.logits, mask
-            losses.append(mae_out.loss)
+            loss = mae_out.loss  # transformers' MSE on the hidden tokens' (normalised) pixels
+            if self.target != "pixels":  # the same decoder output, compared with another target
+                config = self.mae.config
+                targets = mvm_targets(to_unit_range(pixel_values, self.mean, self.std), self.target,
+                                      config.tubelet_size, config.patch_size, config.norm_pix_loss)  # [B, N, P*C]
+                loss = F.mse_loss(mae_out.logits.float(), targets[mask].view(mae_out.logits.shape).float())
+            out.mvm_loss, out.logits, out.bool_masked_pos = loss, mae_out.logits, mask
+            losses.append(loss)
         if self.uses_text:
             if captions is None or len(captions) != len(pixel_values):
                 raise ValueError(f"the contrastive objective needs one caption per clip, got "
@@ -282,17 +303,20 @@ class VideoPretrainer(nn.Module):
         pixel_values [B, T, C, H, W] (normalised input) -> frames in [0, 1] [B, T, C, H, W]."""
         config = self.mae.config
         frames = to_unit_range(pixel_values, self.mean, self.std)
+        if self.target == "frame_difference":
+            frames = frame_differences(frames)
         patches = patchify(frames, config.tubelet_size, config.patch_size)  # [B, N, P*C]
         channels = frames.shape[2]
         pred = self.mae(pixel_values=pixel_values, bool_masked_pos=bool_masked_pos).logits  # [B, N_hidden, P*C]
         pred = pred.reshape(-1, pred.shape[-1]).to(patches.dtype)  # [M, P*C], hidden tokens in mask order
-        if config.norm_pix_loss:
+        if config.norm_pix_loss and self.target == "pixels":
             hidden = patches[bool_masked_pos]  # [M, P*C], the same order
             mean, std = patch_statistics(hidden.unsqueeze(0), channels)  # [1, M, 1, C]
             pred = (pred.reshape(1, len(pred), -1, channels) * std + mean).reshape(hidden.shape)
         filled = patches.clone()
         filled[bool_masked_pos] = pred
-        return unpatchify(filled, token_grid(config), config.tubelet_size, config.patch_size).clamp(0, 1)
+        rebuilt = unpatchify(filled, token_grid(config), config.tubelet_size, config.patch_size)
+        return rebuilt if self.target == "frame_difference" else rebuilt.clamp(0, 1)
 
 
 def to_unit_range(pixel_values: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -305,7 +329,8 @@ def to_unit_range(pixel_values: torch.Tensor, mean: Sequence[float], std: Sequen
 # ----------------------------------------------------------------------------------------------------------------
 # building
 # ----------------------------------------------------------------------------------------------------------------
-PRETRAIN_ONLY_FLAGS = ("pretrain_objective", "mask_ratio", "mask_type", "norm_pix_loss", "contrastive_dim")
+PRETRAIN_ONLY_FLAGS = ("pretrain_objective", "mask_ratio", "mask_type", "norm_pix_loss", "contrastive_dim",
+                       "mvm_target")
 MVM_BACKBONES = ("videomae",)
 CONTRASTIVE_BACKBONES = ("videomae", "timesformer")  # transformers video models: the backbone folder loads back
 
@@ -341,6 +366,9 @@ def check_pretrain_flags(cfg: Settings) -> None:
     if objective == "contrastive" and cfg.vision_model not in CONTRASTIVE_BACKBONES:
         raise UsageError(f"--pretrain_objective contrastive exports a transformers video backbone; got --vision_model "
                          f"{cfg.vision_model}. Use --vision_model {' or --vision_model '.join(CONTRASTIVE_BACKBONES)}")
+    if cfg.mvm_target == "frame_difference" and cfg.norm_pix_loss:
+        raise UsageError("--mvm_target frame_difference predicts raw differences (static pixels are 0), and "
+                         "per-patch normalisation would blow the noise of still patches up; add --norm_pix_loss False")
     if objective in ("contrastive", "both") and cfg.dataset != "synthetic":
         raise UsageError(f"--pretrain_objective {objective} pairs clips with their captions, and --dataset "
                          f"{cfg.dataset} has none; use --pretrain_objective mvm (or the synthetic dataset)")
@@ -370,8 +398,11 @@ def build_pretrainer(cfg: Settings, verbose: bool = True) -> BuiltPretrainer:
                                            "norm_pix_loss": cfg.norm_pix_loss})
         mae = VideoMAEForPreTraining(config)
         mae.videomae.load_state_dict(encoder.state_dict())  # the backbone's weights: random or --pretrained
-        num_masked(math.prod(token_grid(config)[1:]) if cfg.mask_type == "tube" else math.prod(token_grid(config)),
-                   cfg.mask_ratio)  # a ratio that hides nothing or everything fails here, before training
+        grid = token_grid(config)  # a ratio that hides nothing or everything fails here, before training
+        try:
+            num_masked(math.prod(grid[1:]) if cfg.mask_type == "tube" else math.prod(grid), cfg.mask_ratio)
+        except ValueError as exc:
+            raise UsageError(f"--mask_ratio {cfg.mask_ratio} with --mask_type {cfg.mask_type}: {exc}") from None
     text = None
     if cfg.pretrain_objective in ("contrastive", "both"):
         text = FrozenTextEncoder(load_text_encoder("bert", print if verbose else (lambda message: None)))
@@ -590,8 +621,11 @@ def plot_reconstruction(model: VideoPretrainer, clips: torch.Tensor, mask: torch
     grey[mask] = 0.5
     masked = unpatchify(grey, token_grid(config), config.tubelet_size, config.patch_size)
     rebuilt = model.reconstruct(clips, mask)
-    rows = [(f"clip {k + 1}: {name}", video[k]) for k in range(len(clips))
-            for name, video in (("original", original), ("masked", masked), ("reconstructed", rebuilt))]
+    shown = [("original", original), ("masked", masked), ("reconstructed", rebuilt)]
+    if model.target == "frame_difference":  # differences drawn around mid-grey: 0.5 + d
+        truth = (0.5 + frame_differences(original)).clamp(0, 1)
+        shown[2:] = [("true difference", truth), ("reconstructed diff.", (0.5 + rebuilt).clamp(0, 1))]
+    rows = [(f"clip {k + 1}: {name}", video[k]) for k in range(len(clips)) for name, video in shown]
     frames = clips.shape[1]
     fig = Figure(figsize=(1.1 * frames + 1.6, 1.15 * len(rows) + 0.6), layout="constrained")
     axes = fig.subplots(len(rows), frames, squeeze=False)
@@ -606,5 +640,13 @@ def plot_reconstruction(model: VideoPretrainer, clips: torch.Tensor, mask: torch
             if r == 0:
                 ax.set_title(f"frame {t + 1}", fontsize=8)
     ratio = mask.float().mean().item()
-    fig.suptitle(f"Masked video modelling, test clips ({100 * ratio:.0f}% of tokens hidden) - {title}", fontsize=9)
+    if model.target == "frame_difference":
+        note = "\nframe differences (next frame minus this one) around mid-grey: visible tokens true, hidden predicted"
+    elif config.norm_pix_loss:
+        note = ("\nnorm_pix_loss: predictions shown with each hidden patch's TRUE mean and std (as in the MAE "
+                "papers), which reveal its average colour")
+    else:
+        note = "\nhidden patches: the raw-pixel predictions"
+    fig.suptitle(f"Masked video modelling, test clips ({100 * ratio:.0f}% of tokens hidden) - {title}{note}",
+                 fontsize=9)
     return fig

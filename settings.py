@@ -241,6 +241,9 @@ class Settings:
     norm_pix_loss: bool = _opt(True, "masked video modelling: reconstruct per-patch normalised pixels", group=MODEL)
     contrastive_dim: int = _opt(128, "contrastive: width of the shared video-text embedding", minimum=8,
                                 group=MODEL)
+    mvm_target: str = _opt("pixels", "masked video modelling: reconstruct the hidden tokens' pixels (VideoMAE) or "
+                           "their frame_difference (next frame minus this one: only what moves)",
+                           choices=("pixels", "frame_difference"), group=MODEL)
     label_fraction: float = _opt(1.0, "share of every class of the train split used (stratified, seeded; the "
                                  "validation split is held out of it): a small label budget", minimum=0.001,
                                  maximum=1.0, group=DATA)

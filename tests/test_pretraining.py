@@ -12,8 +12,8 @@ from transformers import VideoMAEConfig, VideoMAEForPreTraining
 import main as train_main
 from build_model import build_model
 from conftest import TINY_FLAGS
-from pretraining import (clip_loss, make_mask, num_masked, patchify, random_mask, reconstruction_targets,
-                         retrieval_recall, to_unit_range, token_grid, tube_mask, unpatchify)
+from pretraining import (VideoPretrainer, clip_loss, frame_differences, make_mask, num_masked, patchify, random_mask,
+                         reconstruction_targets, retrieval_recall, to_unit_range, token_grid, tube_mask, unpatchify)
 from settings import Settings, UsageError, run_cli
 from VLoader import build_datasets, label_budget
 
@@ -86,8 +86,24 @@ def test_reconstruction_loss_is_the_mse_on_hidden_tokens_only(norm_pix_loss):
     assert not torch.allclose(out.loss, on_all)
 
 
+def test_frame_difference_target_is_zero_where_nothing_moves_and_scored_on_hidden_tokens_only():
+    still = torch.rand(2, 1, 3, 32, 32).expand(2, 4, 3, 32, 32)
+    assert frame_differences(still).abs().max() == 0
+    moving = torch.rand(2, 4, 3, 32, 32)
+    torch.testing.assert_close(frame_differences(moving)[:, 1], moving[:, 2] - moving[:, 1])
+    cfg = Settings(model_size="tiny", num_frames=4, image_size=32, mvm_target="frame_difference",
+                   norm_pix_loss=False)
+    mae = tiny_mae(norm_pix_loss=False)
+    model = VideoPretrainer(cfg, mae.videomae, mae, mean=MEAN, std=STD).eval()
+    pixels = torch.randn(3, 4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    mask = random_mask(3, 32, 0.5, torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        out = model(pixel_values=pixels, bool_masked_pos=mask)
+    targets = patchify(frame_differences(to_unit_range(pixels, MEAN, STD)), 2, 8)  # [B, N, P*C]
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits, targets[mask].view(3, 16, -1)))
+
+
 def test_masked_video_loss_falls_on_a_tiny_run(tiny_dataset):
-    from pretraining import VideoPretrainer
     cfg = Settings(model_size="tiny", num_frames=4, image_size=32, mask_ratio=0.75)
     mae = tiny_mae(norm_pix_loss=False)  # raw pixels: per-patch normalised noise would hide the fall in 40 steps
     model = VideoPretrainer(cfg, mae.videomae, mae, mean=MEAN, std=STD)
@@ -201,8 +217,15 @@ def test_pretrain_export_then_finetune_from_it_with_and_without_lora(tiny_datase
     (["--task", "pretrain", "--label_fraction", "0.5"], "ignores labels"),
     (["--task", "pretrain", "--pretrain_objective", "contrastive", "--dataset", "ucf101"], "has none"),
     (["--mask_ratio", "0.8"], "add --task pretrain"),
+    (["--task", "pretrain", "--mvm_target", "frame_difference"], "add --norm_pix_loss False"),
 ])
 def test_pretraining_misuse_is_a_usage_error(in_tmp, argv, needle, capsys):
     assert run_cli(train_main.main, argv) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
+
+
+def test_a_mask_ratio_that_hides_every_patch_is_a_usage_error():
+    from pretraining import build_pretrainer
+    with pytest.raises(UsageError, match="at least one token"):  # tube: 16 patches per frame, round(0.98 * 16) = 16
+        build_pretrainer(Settings(task="pretrain", model_size="tiny", mask_ratio=0.98), verbose=False)
