@@ -6,7 +6,8 @@
     python benchmarks/pretrain_finetune.py --steps report                           # table, JSON and curves only
 
 1. ``main.py --task pretrain --pretrain_objective mvm`` on the whole train split (labels unused, ``--val_fraction
-   0``): VideoMAE-tiny, tube masking, exports ``<output_dir>/pretrain-mvm/backbone``.
+   0``): VideoMAE-tiny, tube masking of 75 % of the tokens, raw-pixel targets (``--norm_pix_loss False``; per-patch
+   normalised targets are mostly pixel noise on this dataset), exports ``<output_dir>/pretrain-mvm/backbone``.
 2. Four fine-tuning runs per seed with ``--label_fraction 0.1`` (a stratified 10 % of the train split, 10 % of that
    held out for validation) and the same budget (epochs, lr, batch): full fine-tuning from scratch and from the
    pretrained backbone; LoRA (adapters + head) on a random and on the pretrained backbone.
@@ -15,6 +16,7 @@
    pretraining loss; the pretraining run's reconstruction figure is copied next to it.
 
 Every run is a separate ``python main.py`` process pinned by the caller (``taskset -c N``), with one thread.
+Result on 2026-11-22 (BENCHMARKS.md): the pretrained backbone fine-tunes WORSE than random init here.
 """
 from __future__ import annotations
 
@@ -134,8 +136,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--pretrain_epochs", type=int, default=20)
     parser.add_argument("--pretrain_lr", type=float, default=1e-3)
-    parser.add_argument("--mask_ratio", type=float, default=0.9)
-    parser.add_argument("--norm_pix_loss", default="True")
+    parser.add_argument("--mask_ratio", type=float, default=0.75)
+    parser.add_argument("--norm_pix_loss", default="False")
     parser.add_argument("--label_fraction", type=float, default=0.1)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--lr", type=float, default=5e-4)
