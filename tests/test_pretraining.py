@@ -229,3 +229,19 @@ def test_a_mask_ratio_that_hides_every_patch_is_a_usage_error():
     from pretraining import build_pretrainer
     with pytest.raises(UsageError, match="at least one token"):  # tube: 16 patches per frame, round(0.98 * 16) = 16
         build_pretrainer(Settings(task="pretrain", model_size="tiny", mask_ratio=0.98), verbose=False)
+
+
+def test_pretraining_resumes_bit_identical_mid_epoch(tiny_dataset, tmp_path):
+    """The masks come from torch's RNG, which the checkpoint restores: 24 clips, batch 8 = 3 steps per epoch,
+    checkpoint-2 lies inside epoch 1; resuming from it ends with the uninterrupted run's weights and losses."""
+    from safetensors.torch import load_file
+    flags = ["--task", "pretrain", *TINY_FLAGS, "--mask_ratio", "0.75", "--data_root", tiny_dataset, "--output_dir",
+             str(tmp_path), "--epochs", "2", "--batch_size", "8", "--val_fraction", "0", "--save_steps", "2",
+             "--save_total_limit", "0", "--quiet"]
+    whole = train_main.main([*flags, "--run_name", "whole"])
+    resumed = train_main.main([*flags, "--run_name", "resumed", "--resume_from_checkpoint",
+                               str(tmp_path / "whole" / "checkpoint-2")])
+    assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in whole["history"]]
+    a, b = (load_file(str(tmp_path / name / "last" / "model.safetensors")) for name in ("whole", "resumed"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
