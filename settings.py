@@ -230,7 +230,8 @@ class Settings:
                               "0 = do not time", minimum=0, group=RUNTIME)
     # --- issue 8: self-supervised pretraining (pretraining.py) and label budgets ---------------------------------
     task: str = _opt("train", "main.py: train (supervised classifier or captioner) or pretrain (self-supervised, "
-                     "labels ignored; exports a backbone folder for --pretrained)", choices=("train", "pretrain"))
+                     "labels ignored; exports a backbone folder for --pretrained)", choices=("train", "pretrain"),
+                     group=MODEL)  # a model setting: resuming across tasks is refused, naming it
     pretrain_objective: str = _opt("mvm", "--task pretrain: mvm (masked video modelling, VideoMAE), contrastive "
                                    "(video-caption InfoNCE with the MiniLM text encoder) or both",
                                    choices=("mvm", "contrastive", "both"), group=MODEL)
