@@ -11,6 +11,8 @@ Masked video modelling (``mvm``, the VideoMAE recipe) on transformers' ``VideoMA
 * the encoder sees the visible tokens only; a small decoder gets them plus a mask token per hidden position and
   predicts the pixels of the hidden tokens; the loss is the MSE on hidden tokens only, against per-patch
   normalised pixels with ``--norm_pix_loss`` (each patch's pixels minus their mean, over their std, per channel).
+  ``--mvm_target frame_difference`` scores the same predictions against the next frame minus this one instead
+  (static pixels are 0), computed here from the decoder's output.
 
 Video-text alignment (``contrastive``, CLIP's loss): the backbone's mean-pooled tokens and the caption's
 MiniLM embedding (pretrained, frozen, offline; ``language.load_text_encoder``) are each projected to
