@@ -452,6 +452,20 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int,
     return sorted(kept), sorted(held)
 
 
+def label_budget(labels: Sequence[int], fraction: float, seed: int, groups: Optional[Sequence[str]] = None
+                 ) -> list[int]:
+    """``--label_fraction``: indices of about ``fraction`` of every class (stratified, seeded; whole groups with
+    ``groups``), the labelled pool that training and validation are then drawn from. ``fraction >= 1``: all."""
+    if fraction >= 1.0:
+        return list(range(len(labels)))
+    _, chosen = stratified_split(labels, fraction, seed + 1, groups)  # its own draw, apart from the val split
+    missing = sorted(set(labels) - {labels[i] for i in chosen})
+    if missing:
+        raise UsageError(f"--label_fraction {fraction} leaves class(es) {missing} without a training clip "
+                         f"({len(labels)} clips in the train split); raise --label_fraction")
+    return chosen
+
+
 def _clip_spec(num_frames: int, image_size: int, mean, std, **options) -> ClipSpec:
     return ClipSpec(num_frames, image_size, tuple(mean), tuple(std), **options)
 
@@ -638,8 +652,10 @@ def _build_synthetic(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
     train = val = test = None
     if "train" in parts or "val" in parts:
         labels = [r["label"] for r in read_annotations(root, "train")]
-        kept, held = stratified_split(labels, cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else \
-            (list(range(len(labels))), [])
+        pool = label_budget(labels, getattr(cfg, "label_fraction", 1.0), cfg.seed)  # --label_fraction
+        kept, held = stratified_split([labels[i] for i in pool], cfg.val_fraction, cfg.seed) \
+            if cfg.val_fraction > 0 else (list(range(len(pool))), [])
+        kept, held = [pool[i] for i in kept], [pool[i] for i in held]
         train = split("train", train_spec, kept) if "train" in parts else None
         val = split("train", eval_spec, held) if held and "val" in parts else None
     if "test" in parts:

@@ -69,6 +69,10 @@ def default_run_name(cfg: Settings) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     cli, explicit, _ = resolve(argv, "main.py", __doc__.splitlines()[0])
+    from pretraining import check_supervised_flags, run_pretraining  # issue 8: --task pretrain
+    if cli.task == "pretrain":
+        return run_pretraining(cli, explicit)
+    check_supervised_flags(explicit)
     if cli.eval_only:
         return evaluate_checkpoint(cli, explicit)
     return train_and_evaluate(cli, explicit)

@@ -266,6 +266,26 @@ class Settings:
                                     "frozen", group=MODEL)
     gradient_checkpointing: bool = _opt(False, "qwen2-vl: recompute activations in the backward pass (less memory, "
                                         "more compute per step)")
+    # --- issue 8: self-supervised pretraining (pretraining.py) and label budgets ---------------------------------
+    task: str = _opt("train", "main.py: train (supervised classifier or captioner) or pretrain (self-supervised, "
+                     "labels ignored; exports a backbone folder for --pretrained)", choices=("train", "pretrain"),
+                     group=MODEL)  # a model setting: resuming across tasks is refused, naming it
+    pretrain_objective: str = _opt("mvm", "--task pretrain: mvm (masked video modelling, VideoMAE), contrastive "
+                                   "(video-caption InfoNCE with the MiniLM text encoder) or both",
+                                   choices=("mvm", "contrastive", "both"), group=MODEL)
+    mask_ratio: float = _opt(0.9, "masked video modelling: share of the tokens hidden (exact per clip)",
+                             minimum=0.05, maximum=0.99)
+    mask_type: str = _opt("tube", "masked video modelling: tube (the same patches hidden in every frame) or random "
+                          "(tokens hidden independently)", choices=("tube", "random"))
+    norm_pix_loss: bool = _opt(True, "masked video modelling: reconstruct per-patch normalised pixels", group=MODEL)
+    contrastive_dim: int = _opt(128, "contrastive: width of the shared video-text embedding", minimum=8,
+                                group=MODEL)
+    mvm_target: str = _opt("pixels", "masked video modelling: reconstruct the hidden tokens' pixels (VideoMAE) or "
+                           "their frame_difference (next frame minus this one: only what moves)",
+                           choices=("pixels", "frame_difference"), group=MODEL)
+    label_fraction: float = _opt(1.0, "share of every class of the train split used (stratified, seeded; the "
+                                 "validation split is held out of it): a small label budget", minimum=0.001,
+                                 maximum=1.0, group=DATA)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

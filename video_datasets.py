@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 from settings import UsageError
 from video_io import VIDEO_EXTENSIONS, FrameCache, VideoError, VideoIndex, is_video_file, probe_video, \
     read_frames, resized_shape
-from VLoader import BadVideoLog, ClipDataset, ClipSpec, DataBundle, SideFiles, natural_key, stratified_split
+from VLoader import (BadVideoLog, ClipDataset, ClipSpec, DataBundle, SideFiles, label_budget, natural_key,
+                     stratified_split)
 
 UCF_SPLIT_FOLDER = "ucfTrainTestlist"
 UCF_GROUP = re.compile(r"_g(\d+)_c\d+", re.IGNORECASE)  # v_<Class>_g08_c01.avi -> group 08
@@ -376,6 +377,11 @@ def build_video_datasets(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: 
     """The requested splits as VideoFileDatasets; validation is held out of train unless a list gives it."""
     lists = LISTS[cfg.dataset](cfg)
     class_names = video_class_names(cfg)
+    if getattr(cfg, "label_fraction", 1.0) < 1.0:  # a label budget: a stratified, seeded share of the train split
+        train = lists["train"]
+        groups = ucf101_groups(train) if cfg.dataset == "ucf101" else None
+        lists["train"] = [train[i] for i in label_budget([it.label for it in train], cfg.label_fraction, cfg.seed,
+                                                         groups)]
     if "val" not in lists and cfg.val_fraction > 0:
         train = lists["train"]
         groups = ucf101_groups(train) if cfg.dataset == "ucf101" else None
