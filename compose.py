@@ -57,6 +57,7 @@ from audio import AudioEncoder, sinusoidal_positions
 from build_model import (IMAGENET_MEAN, IMAGENET_STD, Backbone, ClassifierOutput, build_backbone,
                          classification_loss, count_parameters, loud_note)
 from fusion import FUSION_LAYERS
+from hf_export import KeepsUnsavedBuffers
 from settings import Settings, UsageError, settings_from_dict
 
 MODEL_TYPE = "video-understanding-multimodal"
@@ -397,7 +398,7 @@ class MultimodalConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
-class MultimodalClassifier(PreTrainedModel):
+class MultimodalClassifier(KeepsUnsavedBuffers, PreTrainedModel):
     """Composed encoders + fusion + head (module docstring). forward(pixel_values [B, T, C, H, W], input_features
     [B, 80, F], audio_attention_mask [B, F] bool, labels [B]) -> ClassifierOutput(loss, logits [B, num_labels]);
     each input only when its modality is composed."""
@@ -435,27 +436,8 @@ class MultimodalClassifier(PreTrainedModel):
             self.batch_keys["pixel_values"] = "pixel_values"
         if "audio" in self.modalities:
             self.batch_keys.update(input_features="input_features", audio_attention_mask="audio_attention_mask")
-        # (module, buffer name, value) of buffers state_dict leaves out (e.g. Swin's index): from_pretrained restores
-        self._unsaved_buffers = [(m, n, b.detach().clone()) for m in self.modules()
-                                 for n, b in m.named_buffers(recurse=False) if n in m._non_persistent_buffers_set]
+        self.remember_unsaved_buffers()
         self.post_init()
-
-    @classmethod
-    def get_init_context(cls, *args, **kwargs) -> list:
-        """Build on a real device: construction computes buffers (timm) that the weights file lacks."""
-        return [c for c in super().get_init_context(*args, **kwargs) if not isinstance(c, torch.device)]
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        with torch.no_grad():
-            for module, name, value in model._unsaved_buffers:
-                module._buffers[name] = value.to(module._buffers[name].device)
-        return loaded
-
-    def _init_weights(self, module) -> None:
-        """Nothing to do: the builders initialise every module, and from_pretrained then loads every weight."""
 
     def encode(self, modality: str, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """One modality -> (projected tokens [B, L_m, D] with modality embedding and positions, padding [B, L_m])."""

@@ -64,23 +64,16 @@ class VideoClassifierConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
-class VideoClassifierForVideoClassification(PreTrainedModel):
-    """pixel_values [B, T, C, H, W] -> ``logits`` [B, num_labels] (+ ``loss`` with ``labels`` [B])."""
+class KeepsUnsavedBuffers:
+    """Mixin for a ``PreTrainedModel`` wrapped around modules built by our builders (timm, fusion layers): those
+    compute some buffers at construction that ``state_dict`` leaves out (e.g. Swin's relative position index), so
+    the model is built on a real device and ``from_pretrained`` puts those buffers back after loading. Call
+    :meth:`remember_unsaved_buffers` at the end of ``__init__`` (before ``post_init``)."""
 
-    config_class = VideoClassifierConfig
-    base_model_prefix = "classifier"
-    main_input_name = "pixel_values"
-
-    def __init__(self, config: VideoClassifierConfig, classifier: Optional[VideoClassifier] = None):
-        super().__init__(config)
-        if classifier is None:
-            cfg = settings_from_dict(config.settings)
-            classifier = build_model(cfg, config.num_labels, arch=config.arch, verbose=False).model
-        self.classifier = classifier
-        # (module, buffer name, value) of the buffers state_dict leaves out: from_pretrained puts them back
+    def remember_unsaved_buffers(self) -> None:
+        # (module, buffer name, value) of every non-persistent buffer
         self._unsaved_buffers = [(m, n, b.detach().clone()) for m in self.modules()
                                  for n, b in m.named_buffers(recurse=False) if n in m._non_persistent_buffers_set]
-        self.post_init()
 
     @classmethod
     def get_init_context(cls, *args, **kwargs) -> list:
@@ -98,6 +91,23 @@ class VideoClassifierForVideoClassification(PreTrainedModel):
 
     def _init_weights(self, module) -> None:
         """Nothing to do: the builders initialise every module, and from_pretrained then loads every weight."""
+
+
+class VideoClassifierForVideoClassification(KeepsUnsavedBuffers, PreTrainedModel):
+    """pixel_values [B, T, C, H, W] -> ``logits`` [B, num_labels] (+ ``loss`` with ``labels`` [B])."""
+
+    config_class = VideoClassifierConfig
+    base_model_prefix = "classifier"
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: VideoClassifierConfig, classifier: Optional[VideoClassifier] = None):
+        super().__init__(config)
+        if classifier is None:
+            cfg = settings_from_dict(config.settings)
+            classifier = build_model(cfg, config.num_labels, arch=config.arch, verbose=False).model
+        self.classifier = classifier
+        self.remember_unsaved_buffers()
+        self.post_init()
 
     def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None, **kwargs):
         return self.classifier(pixel_values=pixel_values, labels=labels)
