@@ -299,3 +299,15 @@ def test_text_classifier_answers_for_the_text_typed(tiny_dataset, examples, tmp_
     hint = demo.predict_example(classifier, examples[0], "", limits).prediction
     assert typed.text == "the shape changes size" and hint.text == examples[0].hint
     assert [p for _, p in typed.top] != [p for _, p in hint.top]  # the text reaches the model
+
+
+def test_qwen2_vl_checkpoint_answers_on_the_page(tiny_dataset, examples, tmp_path):
+    """A Qwen2-VL describer (tiny offline config, untrained) goes through the same page path as the captioner."""
+    folder = untrained_vlm(tiny_dataset, tmp_path / "qwen", ["--captioning", "True", "--language_model", "qwen2-vl",
+                                                             "--max_new_tokens", "5"])
+    describer, limits = load(["--checkpoint", folder])
+    assert not describer.classifier
+    result = demo.predict_example(describer, examples[0], "Describe the video.", limits)
+    assert isinstance(result.prediction.caption, str) and not result.prediction.top
+    headline = demo.render(result)[1]
+    assert headline == f"Caption: {result.prediction.caption}"
