@@ -293,8 +293,11 @@ class VideoClassifier(nn.Module):
         dim = backbone.feature_dim
         if backbone.kind == "frame":
             dim = cfg.fusion_dim or backbone.feature_dim
-            self.temporal = TemporalFusionEncoder(backbone.feature_dim, dim, cfg.fusion,
-                                                  max_len=max(cfg.num_frames, 64), **fusion_options(cfg))
+            try:
+                self.temporal = TemporalFusionEncoder(backbone.feature_dim, dim, cfg.fusion,
+                                                      max_len=max(cfg.num_frames, 64), **fusion_options(cfg))
+            except ValueError as exc:  # a fusion setting that does not fit this width (heads, head_dim, ...)
+                raise UsageError(str(exc)) from exc
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Dropout(cfg.head_dropout), nn.Linear(dim, num_classes))
         self.label_smoothing = cfg.label_smoothing
         self.num_classes = num_classes

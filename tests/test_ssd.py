@@ -185,3 +185,15 @@ def test_cuda_ssd_kernel_agrees_with_pytorch_scan():
     cpu = ssm.ssd_chunked_scan(*inputs)
     gpu = ssm.ssd_scan(*[t.cuda() for t in inputs])
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_a_head_width_that_does_not_fit_is_a_clear_error_and_exit_2(tiny_dataset, capsys):
+    import main as train_main
+    from conftest import TINY_FLAGS
+    from settings import run_cli
+    code = run_cli(train_main.main, ["--data_root", tiny_dataset, *TINY_FLAGS, "--vision_model",
+                                     "vit_small_patch16_224", "--fusion", "mamba2", "--fusion_head_dim", "7",
+                                     "--max_steps", "1", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()  # the offline-weights note, then the error
+    assert code == 2 and "--fusion_head_dim to a divisor of" in err[-1]
+    assert not any("Traceback" in line for line in err)
