@@ -496,7 +496,10 @@ def build_model(cfg: Settings, num_classes: int, arch: Optional[dict] = None, ve
         raise ValueError(f"need at least 2 classes, got {num_classes}")
     if cfg.modalities or cfg.model_config:  # issue 10: the composed multimodal model
         from compose import build_composed
-        return build_composed(cfg, num_classes, arch, verbose)
+        try:
+            return build_composed(cfg, num_classes, arch, verbose)
+        except ValueError as exc:  # an encoder or fusion setting that does not fit a width (heads, head_dim, ...)
+            raise UsageError(str(exc)) from exc
     if uses_qwen_vl(cfg):  # Qwen2-VL brings its own vision tower and processor (qwen_vl.py)
         from qwen_vl import build_qwen_vl
         return build_qwen_vl(cfg, language_arch, checkpoint_folder, caption_texts, verbose)

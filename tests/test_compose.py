@@ -94,6 +94,13 @@ def test_flag_typo_and_mismatch():
         resolve(TINY[:-2] + ["--modalities", "audio"], "t", "t")
 
 
+def test_fusion_arguments_that_do_not_fit_are_a_usage_error():
+    with pytest.raises(UsageError, match="set --fusion_head_dim to a divisor"):
+        build(settings("--modalities", "video,audio", "--fusion", "mamba2", "--fusion_head_dim", "7"))
+    with pytest.raises(UsageError, match="divisible by the 5 heads"):
+        build(settings("--modalities", "video,audio", "--fusion_n_heads", "5"))
+
+
 # ---------------------------------------------------------------------------------------------- YAML == flags
 def test_yaml_declared_model_equals_flag_declared(in_tmp):
     flags = build(settings("--modalities", "video,audio", "--fusion", "bottleneck"))
