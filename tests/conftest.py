@@ -3,6 +3,8 @@ import os
 import sys
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -40,3 +42,18 @@ def run_in_scratch_folder(tmp_path_factory):
     os.chdir(tmp_path_factory.mktemp("cwd"))
     yield
     os.chdir(previous)
+
+
+def train_in_bf16(layer, x, target, steps, lr) -> list[float]:
+    """AdamW steps of an MSE loss under CPU bf16 autocast; every gradient must be finite. Returns the losses."""
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.mse_loss(layer(x).float(), target)
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 import ssm
-from fusion import FUSION_LAYERS, Mamba2Fusion, TemporalFusionEncoder
+from conftest import train_in_bf16
+from fusion import FUSION_LAYERS, Mamba2Fusion
 
 
 def sequential_ssd(x, dt, A, B, C):
@@ -99,77 +100,15 @@ def test_mixer_rejects_a_head_width_that_does_not_divide():
         ssm.Mamba2Mixer(12, expand=2, head_dim=7)
 
 
-def test_padding_does_not_change_real_positions_in_either_direction():
-    torch.manual_seed(0)
-    mixer = ssm.Mamba2Mixer(16, d_state=4, head_dim=8, bidirectional=True).eval()
-    x = torch.randn(1, 5, 16)
-    padded = torch.cat([x, torch.randn(1, 3, 16) * 10], dim=1)  # right padding with junk
-    mask = torch.tensor([[False] * 5 + [True] * 3])
-    torch.testing.assert_close(mixer(padded, mask)[:, :5], mixer(x), rtol=1e-5, atol=1e-5)
-    left = torch.cat([torch.randn(1, 2, 16) * 10, x], dim=1)  # left padding
-    left_mask = torch.tensor([[True] * 2 + [False] * 5])
-    torch.testing.assert_close(mixer(left, left_mask)[:, 2:], mixer(x), rtol=1e-5, atol=1e-5)
-
-
-def test_bidirectional_mixer_matches_reference_built_from_sequential_scans():
-    torch.manual_seed(0)
-    mixer = ssm.Mamba2Mixer(8, d_state=4, head_dim=4, bidirectional=True)
-    x = torch.randn(2, 11, 8, requires_grad=True)
-    mask = torch.zeros(2, 11, dtype=torch.bool)
-    mask[1, 8:] = True
-    fast = mixer(x, mask)
-    (fast_grad,) = torch.autograd.grad(fast.square().sum(), x)
-    original = ssm.ssd_scan
-    ssm.ssd_scan = lambda x_, dt, A, B, C, chunk_len=None: sequential_ssd(x_, dt, A, B, C)
-    try:
-        slow = mixer(x, mask)
-        (slow_grad,) = torch.autograd.grad(slow.square().sum(), x)
-    finally:
-        ssm.ssd_scan = original
-    torch.testing.assert_close(fast, slow, **CLOSE)
-    torch.testing.assert_close(fast_grad, slow_grad, **CLOSE)
-
-
-def test_causal_mixer_does_not_look_ahead_and_bidirectional_does():
-    torch.manual_seed(0)
-    x = torch.randn(1, 10, 8)
-    changed = x.clone()
-    changed[:, 7:] += 1.0
-    causal = ssm.Mamba2Mixer(8, d_state=4, head_dim=4, bidirectional=False)
-    torch.testing.assert_close(causal(x)[:, :7], causal(changed)[:, :7])
-    both = ssm.Mamba2Mixer(8, d_state=4, head_dim=4, bidirectional=True)
-    assert not torch.allclose(both(x)[:, :7], both(changed)[:, :7])
-
-
-@pytest.mark.parametrize("bidirectional", [True, False])
-def test_mamba2_fusion_encoder_reads_a_token_that_saw_every_frame(bidirectional):
-    torch.manual_seed(0)
-    encoder = TemporalFusionEncoder(12, 16, "mamba2", depth=1, d_state=4, dropout=0.0, head_dim=8,
-                                    bidirectional=bidirectional).eval()
-    frames = torch.randn(2, 6, 12)
-    last_changed = frames.clone()
-    last_changed[:, -1] += 1.0
-    assert not torch.allclose(encoder(frames), encoder(last_changed))
-    padded = torch.cat([frames, torch.randn(2, 2, 12)], dim=1)
-    mask = torch.tensor([[False] * 6 + [True] * 2] * 2)
-    torch.testing.assert_close(encoder(padded, mask), encoder(frames), rtol=1e-5, atol=1e-5)
+# padding, the bidirectional reference, causality and the fusion encoder: tests/test_ssm.py, for both mixers
 
 
 def test_mamba2_fusion_trains_in_bf16_without_nan_and_learns():
     torch.manual_seed(0)
     layer = Mamba2Fusion(32, depth=2, d_state=8, head_dim=16, dropout=0.0)
-    optimizer = torch.optim.AdamW(layer.parameters(), lr=3e-3)
     x = torch.randn(4, 50, 32)
     target = torch.roll(x, shifts=1, dims=1)  # needs the previous token: only the scan can provide it
-    losses = []
-    for _ in range(30):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = F.mse_loss(layer(x).float(), target)
-        loss.backward()
-        assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_in_bf16(layer, x, target, steps=30, lr=3e-3)
     assert losses[-1] < 0.7 * losses[0], losses
     assert layer.mixers[0].forward_ssd.A_log.dtype == torch.float32
 

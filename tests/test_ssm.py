@@ -4,7 +4,9 @@ import torch
 import torch.nn.functional as F
 
 import ssm
+from conftest import train_in_bf16
 from fusion import MambaFusion, TemporalFusionEncoder
+from test_ssd import CLOSE as SSD_CLOSE, sequential_ssd
 
 
 def sequential_scan(x, dt, A, B, C):
@@ -71,9 +73,20 @@ def test_selective_scan_keeps_fp32_state_under_bf16_autocast():
     torch.testing.assert_close(y.float(), reference, rtol=0.05, atol=0.1)
 
 
-def test_padding_does_not_change_real_positions_in_either_direction():
+# The mixer-level contracts hold for both Mamba layers: Mamba-1 (selective scan) and Mamba-2 (SSD, tests/test_ssd.py).
+# name -> (mixer of width dim, the scan function the mixer calls, its step-by-step reference, comparison tolerance)
+MIXERS = {
+    "mamba": (lambda dim, bi: ssm.MambaMixer(dim, d_state=4, bidirectional=bi), "selective_scan",
+              lambda x, dt, A, B, C, chunk_len=None: sequential_scan(x, dt, A, B, C), {}),
+    "mamba2": (lambda dim, bi: ssm.Mamba2Mixer(dim, d_state=4, head_dim=dim // 2, bidirectional=bi), "ssd_scan",
+               lambda x, dt, A, B, C, chunk_len=None: sequential_ssd(x, dt, A, B, C), SSD_CLOSE),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MIXERS))
+def test_padding_does_not_change_real_positions_in_either_direction(kind):
     torch.manual_seed(0)
-    mixer = ssm.MambaMixer(16, d_state=4, bidirectional=True).eval()
+    mixer = MIXERS[kind][0](16, True).eval()
     x = torch.randn(1, 5, 16)
     padded = torch.cat([x, torch.randn(1, 3, 16) * 10], dim=1)  # right padding with junk
     mask = torch.tensor([[False] * 5 + [True] * 3])
@@ -83,41 +96,41 @@ def test_padding_does_not_change_real_positions_in_either_direction():
     torch.testing.assert_close(mixer(left, left_mask)[:, 2:], mixer(x), rtol=1e-5, atol=1e-5)
 
 
-def test_bidirectional_mixer_matches_reference_built_from_sequential_scans():
+@pytest.mark.parametrize("kind", sorted(MIXERS))
+def test_bidirectional_mixer_matches_reference_built_from_sequential_scans(kind, monkeypatch):
     """Forward + reversed scans through the fast path equal the same layer computed with the sequential scan."""
+    build, scan_name, reference, close = MIXERS[kind]
     torch.manual_seed(0)
-    mixer = ssm.MambaMixer(8, d_state=4, bidirectional=True)
+    mixer = build(8, True)
     x = torch.randn(2, 11, 8, requires_grad=True)
     mask = torch.zeros(2, 11, dtype=torch.bool)
     mask[1, 8:] = True
     fast = mixer(x, mask)
     (fast_grad,) = torch.autograd.grad(fast.square().sum(), x)
-    original = ssm.selective_scan
-    ssm.selective_scan = lambda x_, dt, A, B, C, chunk_len=None: sequential_scan(x_, dt, A, B, C)
-    try:
-        slow = mixer(x, mask)
-        (slow_grad,) = torch.autograd.grad(slow.square().sum(), x)
-    finally:
-        ssm.selective_scan = original
-    torch.testing.assert_close(fast, slow)
-    torch.testing.assert_close(fast_grad, slow_grad)
+    monkeypatch.setattr(ssm, scan_name, reference)
+    slow = mixer(x, mask)
+    (slow_grad,) = torch.autograd.grad(slow.square().sum(), x)
+    torch.testing.assert_close(fast, slow, **close)
+    torch.testing.assert_close(fast_grad, slow_grad, **close)
 
 
-def test_causal_mixer_does_not_look_ahead_and_bidirectional_does():
+@pytest.mark.parametrize("kind", sorted(MIXERS))
+def test_causal_mixer_does_not_look_ahead_and_bidirectional_does(kind):
     torch.manual_seed(0)
     x = torch.randn(1, 10, 8)
     changed = x.clone()
     changed[:, 7:] += 1.0
-    causal = ssm.MambaMixer(8, d_state=4, bidirectional=False)
+    causal = MIXERS[kind][0](8, False)
     torch.testing.assert_close(causal(x)[:, :7], causal(changed)[:, :7])
-    both = ssm.MambaMixer(8, d_state=4, bidirectional=True)
+    both = MIXERS[kind][0](8, True)
     assert not torch.allclose(both(x)[:, :7], both(changed)[:, :7])
 
 
+@pytest.mark.parametrize("fusion", ["mamba", "mamba2"])
 @pytest.mark.parametrize("bidirectional", [True, False])
-def test_mamba_fusion_encoder_reads_a_token_that_saw_every_frame(bidirectional):
+def test_mamba_fusion_encoder_reads_a_token_that_saw_every_frame(fusion, bidirectional):
     torch.manual_seed(0)
-    encoder = TemporalFusionEncoder(12, 16, "mamba", depth=1, d_state=4, dropout=0.0,
+    encoder = TemporalFusionEncoder(12, 16, fusion, depth=1, d_state=4, dropout=0.0, head_dim=8,
                                     bidirectional=bidirectional).eval()
     frames = torch.randn(2, 6, 12)
     last_changed = frames.clone()
@@ -132,16 +145,9 @@ def test_mamba_fusion_encoder_reads_a_token_that_saw_every_frame(bidirectional):
 def test_mamba_fusion_trains_in_bf16_without_nan():
     torch.manual_seed(0)
     layer = MambaFusion(32, depth=2, d_state=8)
-    optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-3)
-    x, target = torch.randn(4, 50, 32), torch.randn(4, 50, 32)
-    for _ in range(3):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = F.mse_loss(layer(x).float(), target)
-        loss.backward()
-        assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
-        optimizer.step()
-        optimizer.zero_grad()
+    train_in_bf16(layer, torch.randn(4, 50, 32), torch.randn(4, 50, 32), steps=3, lr=1e-3)
     assert layer.mixers[0].forward_ssm.A_log.dtype == torch.float32
+
 
 
 def test_cuda_kernels_are_optional():
