@@ -475,6 +475,9 @@ def spec_options(spec: ClipSpec) -> dict:
     return {f.name: getattr(spec, f.name) for f in fields(spec)[4:]}
 
 
+SYNTHETIC_CACHE_BYTES = 1 << 30  # a split of generated clips up to 1 GiB is kept in memory (per process)
+
+
 class SyntheticVideoDataset(ClipDataset):
     """The .pt videos written by dummy_data.py. Items: pixel_values [T, C, S, S] float, labels, text fields.
     ``clip_options`` are further :class:`ClipSpec` fields (sampling, train, clips, crops, ...)."""
@@ -488,15 +491,24 @@ class SyntheticVideoDataset(ClipDataset):
         self.spec = _clip_spec(num_frames, image_size, mean, std, **clip_options)
         self.bad = BadVideoLog(len(self.records), "skip" if self.spec.train else "report")  # never marked: a broken
         # generated file raises (load_raw), it is not a video to skip
+        self._cache: dict[int, torch.Tensor] = {}  # record index -> raw clip (load_raw)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def load_raw(self, i: int) -> torch.Tensor:
+        """uint8 [T, C, H, W], kept in memory after the first read while the split fits SYNTHETIC_CACHE_BYTES
+        (reading a .pt file costs ~4 ms, about what a tiny model's step spends per clip: without the cache the
+        loader, not the model, set the pace of an epoch). Callers index it (a copy) and never write to it."""
+        cached = self._cache.get(i)
+        if cached is not None:
+            return cached
         path = os.path.join(self.root, self.split, self.records[i]["path"])
         video = torch.load(path, weights_only=True)  # uint8 [T, C, H, W]
         if not isinstance(video, torch.Tensor) or video.dim() != 4:
             raise ValueError(f"{path}: expected a [T, C, H, W] tensor, got {getattr(video, 'shape', type(video))}")
+        if video.nbytes * len(self.records) <= SYNTHETIC_CACHE_BYTES:
+            self._cache[i] = video
         return video
 
     def load_frames(self, i: int, pick: Callable[[int], list[int]]) -> torch.Tensor:

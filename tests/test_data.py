@@ -39,6 +39,25 @@ def test_layout_and_annotations(tiny_dataset):
     assert len(ds) == 4 * 6 and ds.class_names == list(dummy_data.CLASS_NAMES[:4])
 
 
+def test_synthetic_clips_are_read_once_and_kept_unchanged(tiny_dataset, monkeypatch):
+    """load_raw keeps a split that fits the budget in memory: the second epoch reads no file, and what a caller
+    does with an item never reaches the kept clip."""
+    ds = SyntheticVideoDataset(tiny_dataset, "train", 4, 32, (0.5,) * 3, (0.25,) * 3, train=True)
+    first = ds[3]["pixel_values"].clone()
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a) or real_load(*a, **k))
+    ds[3]["pixel_values"].mul_(0)  # a caller scribbling on its item
+    raw = ds.load_raw(3)
+    assert not reads and raw.abs().sum() > 0
+    assert torch.equal(ds.load_raw(3), real_load(os.path.join(tiny_dataset, "train", ds.records[3]["path"]),
+                                                 weights_only=True))
+    monkeypatch.setattr("VLoader.SYNTHETIC_CACHE_BYTES", 0)  # a split over the budget is read from disk each time
+    fresh = SyntheticVideoDataset(tiny_dataset, "train", 4, 32, (0.5,) * 3, (0.25,) * 3)
+    fresh.load_raw(0), fresh.load_raw(0)
+    assert len(reads) == 2 and not fresh._cache and first.shape == (4, 3, 32, 32)
+
+
 def test_reversal_pairs_have_the_same_frame_statistics():
     """Within a time-reversal pair the per-frame statistics match: mean object position over many clips."""
     def centroid_x(label):
