@@ -8,6 +8,7 @@ Masked video modelling (``mvm``, the VideoMAE recipe) on transformers' ``VideoMA
 * a mask hides exactly ``round(mask_ratio * n)`` of them per clip. ``tube`` masking draws a spatial mask of
   H' x W' and repeats it over all T' time slots (the same patches are hidden in every frame, so a hidden patch
   cannot be copied from its neighbour in time); ``random`` draws over all T' H' W' tokens;
+  ``frame`` hides whole time slots (round(mask_ratio * T') of them: predict the frames that are not shown);
 * the encoder sees the visible tokens only; a small decoder gets them plus a mask token per hidden position and
   predicts the pixels of the hidden tokens; the loss is the MSE on hidden tokens only, against per-patch
   normalised pixels with ``--norm_pix_loss`` (each patch's pixels minus their mean, over their std, per channel).
@@ -89,13 +90,29 @@ def tube_mask(batch: int, grid: Sequence[int], ratio: float, generator: Optional
     return spatial.unsqueeze(1).expand(batch, slots, height * width).reshape(batch, -1)
 
 
+def frame_mask(batch: int, grid: Sequence[int], ratio: float, generator: Optional[torch.Generator] = None
+               ) -> torch.Tensor:
+    """bool [B, T' * H' * W']: exactly ``num_masked(T', ratio)`` whole time slots hidden per clip (every patch of
+    those frames), the others fully visible. The clip's still content can be copied from the visible slots, so
+    what is left to predict is what moved: a hidden slot is filled in from where the motion seen in the visible
+    ones leads."""
+    slots, height, width = grid
+    hidden = random_mask(batch, slots, ratio, generator)  # [B, T']
+    return hidden.unsqueeze(-1).expand(batch, slots, height * width).reshape(batch, -1)
+
+
+MASK_UNITS = {"tube": lambda grid: grid[1] * grid[2], "random": math.prod, "frame": lambda grid: grid[0]}
+
+
 def make_mask(kind: str, batch: int, grid: Sequence[int], ratio: float,
               generator: Optional[torch.Generator] = None) -> torch.Tensor:
     if kind == "tube":
         return tube_mask(batch, grid, ratio, generator)
     if kind == "random":
         return random_mask(batch, math.prod(grid), ratio, generator)
-    raise ValueError(f"mask type must be 'tube' or 'random', got {kind!r}")
+    if kind == "frame":
+        return frame_mask(batch, grid, ratio, generator)
+    raise ValueError(f"mask type must be one of {', '.join(MASK_UNITS)}, got {kind!r}")
 
 
 def token_grid(config) -> tuple[int, int, int]:
@@ -402,7 +419,7 @@ def build_pretrainer(cfg: Settings, verbose: bool = True) -> BuiltPretrainer:
         mae.videomae.load_state_dict(encoder.state_dict())  # the backbone's weights: random or --pretrained
         grid = token_grid(config)  # a ratio that hides nothing or everything fails here, before training
         try:
-            num_masked(math.prod(grid[1:]) if cfg.mask_type == "tube" else math.prod(grid), cfg.mask_ratio)
+            num_masked(MASK_UNITS[cfg.mask_type](grid), cfg.mask_ratio)
         except ValueError as exc:
             raise UsageError(f"--mask_ratio {cfg.mask_ratio} with --mask_type {cfg.mask_type}: {exc}") from None
     text = None

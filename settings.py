@@ -275,8 +275,9 @@ class Settings:
                                    choices=("mvm", "contrastive", "both"), group=MODEL)
     mask_ratio: float = _opt(0.9, "masked video modelling: share of the tokens hidden (exact per clip)",
                              minimum=0.05, maximum=0.99)
-    mask_type: str = _opt("tube", "masked video modelling: tube (the same patches hidden in every frame) or random "
-                          "(tokens hidden independently)", choices=("tube", "random"))
+    mask_type: str = _opt("tube", "masked video modelling: tube (the same patches hidden in every frame), random "
+                          "(tokens hidden independently) or frame (whole time slots hidden: predict unseen frames)",
+                          choices=("tube", "random", "frame"))
     norm_pix_loss: bool = _opt(True, "masked video modelling: reconstruct per-patch normalised pixels", group=MODEL)
     contrastive_dim: int = _opt(128, "contrastive: width of the shared video-text embedding", minimum=8,
                                 group=MODEL)

@@ -12,7 +12,7 @@ from transformers import VideoMAEConfig, VideoMAEForPreTraining
 import main as train_main
 from build_model import build_model
 from conftest import TINY_FLAGS
-from pretraining import (VideoPretrainer, clip_loss, frame_differences, make_mask, num_masked, patchify, random_mask,
+from pretraining import (VideoPretrainer, clip_loss, frame_differences, frame_mask, make_mask, num_masked, patchify, random_mask,
                          reconstruction_targets, retrieval_recall, to_unit_range, token_grid, tube_mask, unpatchify)
 from settings import Settings, UsageError, run_cli
 from VLoader import build_datasets, label_budget
@@ -48,6 +48,16 @@ def test_tube_mask_hides_the_same_patches_in_every_time_slot():
     assert (slots == slots[:, :1]).all()
     assert (slots.sum(2) == num_masked(15, 0.6)).all() and (mask.sum(1) == 4 * 9).all()
     assert make_mask("random", 20, grid, 0.6).view(20, 4, 15).ne(slots[:, :1]).any()  # random is not tubes
+
+
+def test_frame_mask_hides_exactly_round_ratio_time_slots_whole():
+    grid = (4, 3, 5)
+    mask = frame_mask(30, grid, 0.75, torch.Generator().manual_seed(0))
+    slots = mask.view(30, 4, 15)
+    assert (slots.all(2) | ~slots.any(2)).all()  # every slot entirely hidden or entirely visible
+    assert (slots.all(2).sum(1) == 3).all() and (mask.sum(1) == 3 * 15).all()
+    assert len({tuple(row.tolist()) for row in slots.all(2)}) > 1  # which slots: drawn per clip
+    assert torch.equal(mask, make_mask("frame", 30, grid, 0.75, torch.Generator().manual_seed(0)))
 
 
 def test_a_ratio_that_hides_nothing_or_everything_is_refused():
@@ -229,6 +239,9 @@ def test_a_mask_ratio_that_hides_every_patch_is_a_usage_error():
     from pretraining import build_pretrainer
     with pytest.raises(UsageError, match="at least one token"):  # tube: 16 patches per frame, round(0.98 * 16) = 16
         build_pretrainer(Settings(task="pretrain", model_size="tiny", mask_ratio=0.98), verbose=False)
+    with pytest.raises(UsageError, match="--mask_type frame"):  # 8 frames / tubelet 2 = 4 slots, round(0.9 * 4) = 4
+        build_pretrainer(Settings(task="pretrain", model_size="tiny", mask_type="frame", mask_ratio=0.9),
+                         verbose=False)
 
 
 def test_pretraining_resumes_bit_identical_mid_epoch(tiny_dataset, tmp_path):
