@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 from filelock import FileLock
 
-from benchmarks.common import median_time, reset_peak_rss, vm_hwm_bytes
+from measure import median_time, reset_peak_rss, vm_hwm_bytes
 
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 LIBRARIES = ("torch", "torchvision", "transformers", "timm", "peft", "accelerate", "safetensors", "tokenizers",

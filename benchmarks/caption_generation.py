@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common import median_time  # noqa: E402
+from measure import median_time  # noqa: E402
 from captioning import VideoCaptioner, tiny_gpt2_config, train_caption_tokenizer  # noqa: E402
 
 CAPTION_WORDS = ["a", "the", "red", "blue", "green", "small", "big", "square", "circle", "star", "moves", "left",

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import median_time  # noqa: E402
+from measure import median_time  # noqa: E402
 from checkpointing import write_json_atomic  # noqa: E402
 from video_datasets import VideoFileDataset, VideoItem  # noqa: E402
 from video_io import (INTERPOLATION, FrameCache, decode_all_frames, probe_video, resized_shape,  # noqa: E402

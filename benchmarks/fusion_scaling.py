@@ -32,7 +32,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import current_rss_bytes, reset_peak_rss, vm_hwm_bytes  # noqa: E402
+from measure import current_rss_bytes, reset_peak_rss, vm_hwm_bytes  # noqa: E402
 from fusion import Mamba2Fusion, MambaFusion, TransformerFusion  # noqa: E402
 
 BATCH, WIDTH, DEPTH, D_STATE, EXPAND, HEAD_DIM = 4, 256, 2, 16, 2, 64

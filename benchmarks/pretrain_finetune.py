@@ -1,13 +1,14 @@
 """Does our masked-video pretraining help with few labels? Pretrain, then fine-tune with 10 % of the labels.
 
-    python benchmarks/pretrain_finetune.py --data_root synthetic_dataset            # everything (one core: ~25 min)
+    python benchmarks/pretrain_finetune.py --data_root synthetic_dataset            # everything (one core: ~40 min)
     python benchmarks/pretrain_finetune.py --steps pretrain                         # only the pretraining run
     python benchmarks/pretrain_finetune.py --steps finetune --seeds 0 1 2           # fine-tunes (pretraining done)
     python benchmarks/pretrain_finetune.py --steps report                           # table, JSON and curves only
 
 1. ``main.py --task pretrain --pretrain_objective mvm`` on the whole train split (labels unused, ``--val_fraction
-   0``): VideoMAE-tiny, tube masking of 75 % of the tokens, raw-pixel targets (``--norm_pix_loss False``; per-patch
-   normalised targets are mostly pixel noise on this dataset), exports ``<output_dir>/pretrain-mvm/backbone``.
+   0``): VideoMAE-tiny, 200 epochs, frame masking of 75 % of the tokens (3 of the 4 time slots: predict the frames
+   not shown), raw-pixel targets (``--norm_pix_loss False``; per-patch normalised targets are mostly pixel noise on
+   this dataset), exports ``<output_dir>/pretrain-mvm/backbone``.
 2. Four fine-tuning runs per seed with ``--label_fraction 0.1`` (a stratified 10 % of the train split, 10 % of that
    held out for validation) and the same budget (epochs, lr, batch): full fine-tuning from scratch and from the
    pretrained backbone; LoRA (adapters + head) on a random and on the pretrained backbone.
@@ -16,7 +17,7 @@
    pretraining loss; the pretraining run's reconstruction figure is copied next to it.
 
 Every run is a separate ``python main.py`` process pinned by the caller (``taskset -c N``), with one thread.
-Result on 2026-11-22 (BENCHMARKS.md): the pretrained backbone fine-tunes WORSE than random init here.
+Results and the runs that led to this recipe: BENCHMARKS.md, "Self-supervised pretraining with 10 % of the labels".
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def pretrain(opts) -> None:
     run([*COMMON, "--task", "pretrain", "--pretrain_objective", "mvm", "--data_root", opts.data_root,
          "--output_dir", opts.output_dir, "--run_name", PRETRAIN_RUN, "--val_fraction", "0",
          "--epochs", str(opts.pretrain_epochs), "--lr", str(opts.pretrain_lr), "--mask_ratio", str(opts.mask_ratio),
-         "--mask_type", "tube", "--norm_pix_loss", str(opts.norm_pix_loss), "--seed", "0"])
+         "--mask_type", opts.mask_type, "--norm_pix_loss", str(opts.norm_pix_loss), "--seed", "0"])
 
 
 def finetune(opts) -> None:
@@ -134,9 +135,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                         choices=["pretrain", "finetune", "report"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--pretrain_epochs", type=int, default=20)
+    parser.add_argument("--pretrain_epochs", type=int, default=200)
     parser.add_argument("--pretrain_lr", type=float, default=1e-3)
     parser.add_argument("--mask_ratio", type=float, default=0.75)
+    parser.add_argument("--mask_type", default="frame", choices=["tube", "random", "frame"])
     parser.add_argument("--norm_pix_loss", default="False")
     parser.add_argument("--label_fraction", type=float, default=0.1)
     parser.add_argument("--epochs", type=int, default=30)

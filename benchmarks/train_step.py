@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.common import median_time, reset_peak_rss, vm_hwm_bytes  # noqa: E402
+from measure import median_time, reset_peak_rss, vm_hwm_bytes  # noqa: E402
 from build_model import build_model  # noqa: E402
 from settings import Settings  # noqa: E402
 from train_code import make_accelerator, param_groups, train_step  # noqa: E402

@@ -1,4 +1,4 @@
-"""Timing and memory helpers shared by the benchmark scripts."""
+"""Timing and memory measurements, shared by the run reports (reporting.py) and the benchmark scripts."""
 from __future__ import annotations
 
 import resource
