@@ -8,7 +8,7 @@ import torch
 import compose
 from build_model import build_model, rebuild_from_checkpoint
 from settings import UsageError, resolve, run_cli, settings_from_dict
-from test_compose import TINY, batch, build
+from test_compose import TINY, assert_yaml_equals_flags, batch, build
 
 FUSIONS = ["concat", "transformer", "mamba", "mamba2", "bottleneck"]
 TEXTS = ["the clip is played backwards", "forwards"]
@@ -42,6 +42,15 @@ def test_text_padding_changes_nothing(tiny_bert, fusion):
     torch.testing.assert_close(padded, short, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(beside, short)
     torch.testing.assert_close(beside[1:], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_yaml_declared_text_model_equals_flag_declared(in_tmp, tiny_bert):
+    section = dict(encoders=dict(video="backbone", audio=dict(name="conv_transformer"),
+                                 text=dict(name="lm", language_model=tiny_bert, max_tokens=12)),
+                   fusion=dict(name="bottleneck"), head="linear")
+    flags = ["--modalities", "video,audio,text", "--fusion", "bottleneck", "--language_model", tiny_bert,
+             "--max_text_tokens", "12"]
+    assert_yaml_equals_flags(in_tmp, flags, section, dict(batch(), text=TEXTS), common=["--use_lora_llm", "True"])
 
 
 def test_text_reaches_the_prediction_and_is_required(tiny_bert):
