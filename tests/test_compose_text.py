@@ -8,7 +8,7 @@ import torch
 import compose
 from build_model import build_model, rebuild_from_checkpoint
 from settings import UsageError, resolve, run_cli, settings_from_dict
-from test_compose import TINY, assert_yaml_equals_flags, batch, build
+from test_compose import TINY, assert_yaml_equals_flags, av_root, batch, build  # noqa: F401 (av_root: a fixture)
 
 FUSIONS = ["concat", "transformer", "mamba", "mamba2", "bottleneck"]
 TEXTS = ["the clip is played backwards", "forwards"]
@@ -172,3 +172,20 @@ def test_train_then_infer_with_text_hints(tiny_dataset, tiny_bert, tmp_path):
     os.remove(os.path.join(frames, "texts.json"))
     with pytest.raises(UsageError, match="trained with a text encoder"):
         inference.main(common)
+
+
+def test_audio_visual_set_carries_text_hints_for_video_audio_text(av_root, tiny_bert, in_tmp):
+    import dummy_data
+    import main
+    from VLoader import build_datasets
+    cfg = text_settings(tiny_bert, "--data_root", av_root, "--val_fraction", "0", modalities="video,audio,text")
+    data = build_datasets(cfg, (0.5,) * 3, (0.5,) * 3)
+    for i in range(len(data.train)):
+        item = data.train[i]
+        name = data.train.class_names[item["labels"]]  # e.g. rotate_clockwise+high_tone
+        motion = dummy_data.CLASS_NAMES.index(name.split("+")[0])
+        assert item["hint"] == dummy_data.HINT_BY_FAMILY[dummy_data.class_family(motion)], name
+    report = main.main(TINY + ["--data_root", av_root, "--modalities", "video,audio,text", "--language_model",
+                               tiny_bert, "--epochs", "1", "--batch_size", "4", "--output_dir", str(in_tmp / "r"),
+                               "--quiet", "--summary_csv", "none", "--speed_repeats", "0", "--val_fraction", "0"])
+    assert report["num_samples"] == 8 and report["settings"]["modalities"] == "video,audio,text"
