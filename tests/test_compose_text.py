@@ -189,3 +189,11 @@ def test_audio_visual_set_carries_text_hints_for_video_audio_text(av_root, tiny_
                                tiny_bert, "--epochs", "1", "--batch_size", "4", "--output_dir", str(in_tmp / "r"),
                                "--quiet", "--summary_csv", "none", "--speed_repeats", "0", "--val_fraction", "0"])
     assert report["num_samples"] == 8 and report["settings"]["modalities"] == "video,audio,text"
+
+
+def test_pretrained_text_encoder_weights_learn_at_the_language_model_rate(tiny_bert):
+    from train_code import param_groups
+    model = build(text_settings(tiny_bert))
+    lm = {id(p) for p in model.lm.parameters()}
+    rates = {(id(p) in lm, g["lr"]) for g in param_groups(model, 0.05, 1e-3) for p in g["params"]}
+    assert rates == {(True, 1e-4), (False, 1e-3)}  # the loaded language model at lr / 10, new parts at lr
