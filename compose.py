@@ -369,7 +369,8 @@ def _build_text_encoder(entry: dict, cfg: Settings, text_arch: Optional[dict], t
     else:
         if tokenizer is None:
             raise ValueError("this model's text encoder needs the tokenizer saved with it: load an export folder "
-                             "with compose.load_composed(folder), a checkpoint with build_model.rebuild_from_checkpoint")
+                             "with compose.load_composed(folder), a checkpoint with "
+                             "build_model.rebuild_from_checkpoint")
         language = rebuild_language_model(text_arch, None, causal=False, tokenizer=tokenizer)
     adapt_language_model(cfg, language, announce)
     return TextEncoder(language, args["max_tokens"])

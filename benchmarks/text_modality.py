@@ -10,6 +10,12 @@ in-process with the same settings except ``--modalities`` and the text encoder's
 language-model lr, frozen, or LoRA), evaluates on the test split, and writes test top-1, the motion-family and
 within-family direction accuracy (the run's own report), the best epoch and the training time per run. No
 figure is a pass/fail test; results go to BENCHMARKS.md.
+
+With ``--motion_epochs N`` the video backbone first learns the ``motion`` task (the same kind of clips, always played
+forwards, labels = what is seen; its own data folder, the playback test clips are never seen) as the plain VideoMAE
+classifier, and every run starts from that backbone (``--pretrained``): then the frames already tell the apparent
+direction and the short runs measure whether the model uses the hint to turn it into the true one. From a random
+backbone, 10 epochs learn neither (BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -33,15 +39,40 @@ RUNS = {  # name -> the flags that differ
     "video+text": ["--modalities", "video,text"],
     "video+text frozen": ["--modalities", "video,text", "--freeze_language_model", "True"],
     "video+text lora": ["--modalities", "video,text", "--use_lora_llm", "True"],
+    "video+text frozen + video lora": ["--modalities", "video,text", "--freeze_language_model", "True",
+                                       "--use_lora_vision", "True"],
 }
 
 
-def run(name: str, flags: list, args) -> dict:
+def motion_backbone(args) -> tuple[str, dict]:
+    """Train the plain VideoMAE-tiny classifier on the motion task; save its backbone (save_pretrained) for
+    --pretrained. Returns (folder, the run's test report)."""
     import main
-    run_name = f"text_{name.replace('+', '_').replace(' ', '_')}_s{args.seed}"
-    report = main.main(COMMON + flags + ["--data_root", args.data_root, "--epochs", str(args.epochs), "--seed",
-                                         str(args.seed), "--output_dir", args.output_dir, "--run_name", run_name])
-    return dict(run=name, flags=" ".join(flags), seed=args.seed, epochs=args.epochs, top1=report["top1"],
+    from build_model import rebuild_from_checkpoint
+    from checkpointing import read_run_config
+    from settings import settings_from_dict
+    run_name = f"motion_backbone_s{args.seed}"
+    report = main.main(["--dataset", "synthetic", "--synthetic_task", "motion", "--data_root", args.motion_root,
+                        "--vision_model", "videomae", "--model_size", "tiny", "--num_frames", "8", "--image_size",
+                        "32", "--batch_size", "32", "--quiet", "--speed_repeats", "0", "--summary_csv", "none",
+                        "--epochs", str(args.motion_epochs), "--seed", str(args.seed), "--output_dir",
+                        args.output_dir, "--run_name", run_name])
+    best = report["checkpoint"]
+    run_config = read_run_config(best)
+    built = rebuild_from_checkpoint(settings_from_dict(run_config["settings"]), run_config, best)
+    folder = os.path.join(args.output_dir, run_name, "backbone")
+    built.model.backbone.model.save_pretrained(folder)  # HFVideoEncoder.model: the VideoMAEModel
+    return folder, dict(run="motion backbone", top1=report["top1"], epochs=args.motion_epochs,
+                        train_seconds=report["train_seconds"], direction_within_family=report.get("direction_accuracy"))
+
+
+def run(name: str, flags: list, args, pretrained: list) -> dict:
+    import main
+    run_name = f"text_{name.replace('+', '_').replace(' ', '_')}_s{args.seed}" + ("_pre" if pretrained else "")
+    report = main.main(COMMON + flags + pretrained + ["--data_root", args.data_root, "--epochs", str(args.epochs),
+                                                      "--seed", str(args.seed), "--output_dir", args.output_dir,
+                                                      "--run_name", run_name])
+    return dict(run=name, flags=" ".join(flags + pretrained), seed=args.seed, epochs=args.epochs, top1=report["top1"],
                 mean_class_accuracy=report["mean_class_accuracy"], best_epoch=report["checkpoint_epoch"],
                 train_seconds=report["train_seconds"], params_total=report["params_total"],
                 params_trainable=report["params_trainable"], family_accuracy=report.get("family_accuracy"),
@@ -55,11 +86,19 @@ def main(argv=None) -> list:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", default="video,video+text", help=f"comma-separated of: {', '.join(RUNS)}")
+    parser.add_argument("--motion_epochs", type=int, default=0, help="> 0: start every run from a backbone "
+                        "trained this long on the motion task (module docstring)")
+    parser.add_argument("--motion_root", default="synthetic_dataset", help="the motion-task data (generated)")
     parser.add_argument("--json", default=None, help="append the results to this JSON file")
     args = parser.parse_args(argv)
-    results = []
+    results, pretrained = [], []
+    if args.motion_epochs > 0:
+        folder, report = motion_backbone(args)
+        results.append(report)
+        print(json.dumps(report), flush=True)
+        pretrained = ["--pretrained", folder]
     for name in [r.strip() for r in args.runs.split(",") if r.strip()]:
-        results.append(run(name, RUNS[name], args))
+        results.append(run(name, RUNS[name], args, pretrained))
         print(json.dumps(results[-1]), flush=True)
     if args.json:
         previous = json.load(open(args.json)) if os.path.isfile(args.json) else []
