@@ -89,6 +89,7 @@ def main(argv=None) -> list:
     parser.add_argument("--motion_epochs", type=int, default=0, help="> 0: start every run from a backbone "
                         "trained this long on the motion task (module docstring)")
     parser.add_argument("--motion_root", default="synthetic_dataset", help="the motion-task data (generated)")
+    parser.add_argument("--backbone", default=None, help="instead of --motion_epochs: a backbone folder it wrote")
     parser.add_argument("--json", default=None, help="append the results to this JSON file")
     args = parser.parse_args(argv)
     results, pretrained = [], []
@@ -97,6 +98,8 @@ def main(argv=None) -> list:
         results.append(report)
         print(json.dumps(report), flush=True)
         pretrained = ["--pretrained", folder]
+    elif args.backbone:
+        pretrained = ["--pretrained", args.backbone]
     for name in [r.strip() for r in args.runs.split(",") if r.strip()]:
         results.append(run(name, RUNS[name], args, pretrained))
         print(json.dumps(results[-1]), flush=True)
