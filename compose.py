@@ -560,6 +560,9 @@ class MultimodalClassifier(KeepsUnsavedBuffers, PreTrainedModel):
                 if inputs.get("text") is None:
                     raise ValueError("this model reads text: pass text (one string per clip) or input_ids [B, L] "
                                      "and text_attention_mask [B, L] from its tokenizer")
+                if not hasattr(encoder, "tokenize"):
+                    raise ValueError(f"the text encoder {type(encoder).__name__} has no tokenize(): pass input_ids "
+                                     f"[B, L] and text_attention_mask [B, L] instead of strings")
                 ids, mask = encoder.tokenize(inputs["text"], self.modality_embedding.weight.device)
             out = encoder(ids, torch.ones_like(ids) if mask is None else mask)
         else:
