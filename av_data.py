@@ -17,6 +17,9 @@ Layout (a ``videofolder`` with split lists)::
 
     <root>/videos/<class>/<split>_<i>.mp4   e.g. videos/move_right+low_tone/train_3.mp4
     <root>/splits/{train,test}.txt          <class>/<file> per line
+    <root>/hints.json                       {<class>/<file>: text hint}: the motion family in words, never the
+                                            tone (dummy_data's motion-task hint), read by a composed model with
+                                            text among its modalities (--modalities video,audio,text)
     <root>/classes.json                     class names (sorted, as videofolder numbers them) and generator
                                             settings, written last (marks completion)
 
@@ -43,6 +46,7 @@ AUDIO_RATE = 22_050  # written rate; readers resample to 16 kHz
 SPLITS_DIR = "splits"
 VIDEOS_DIR = "videos"
 META_FILE = "classes.json"
+HINTS_FILE = "hints.json"
 
 
 def class_names() -> list[str]:
@@ -109,6 +113,7 @@ def write_av_dataset(root: str, train_per_class: int = 150, test_per_class: int 
     names = class_names()
     videos = os.path.join(root, VIDEOS_DIR)
     os.makedirs(os.path.join(root, SPLITS_DIR), exist_ok=True)
+    hints = {}
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):
         lines = []
         for label, name in enumerate(names):
@@ -122,8 +127,11 @@ def write_av_dataset(root: str, train_per_class: int = 150, test_per_class: int 
                 write_av_video(tmp, frames, None if silent else wave)
                 os.replace(tmp, os.path.join(videos, rel))
                 lines.append(rel)
+                hints[rel] = dummy_data.HINT_BY_FAMILY[dummy_data.class_family(MOTIONS[label // len(TONES)])]
         with open(os.path.join(root, SPLITS_DIR, f"{split}.txt"), "w") as fh:
             fh.writelines(line + "\n" for line in lines)
+    with open(os.path.join(root, HINTS_FILE), "w") as fh:
+        json.dump(hints, fh, indent=0)
     meta = dict(class_names=sorted(names), task="audiovisual", num_frames=num_frames, size=size, fps=FPS, seed=seed,
                 audio_rate=AUDIO_RATE, train_per_class=train_per_class, test_per_class=test_per_class,
                 missing_audio=missing_audio)
@@ -162,7 +170,26 @@ def build_av_datasets(cfg, mean, std, parts: Sequence[str]):
     from video_datasets import build_video_datasets
     ensure_av_dataset(cfg)
     folder = as_videofolder(cfg)
-    return build_video_datasets(folder, clip_spec(cfg, mean, std, True), clip_spec(cfg, mean, std, False), parts)
+    bundle = build_video_datasets(folder, clip_spec(cfg, mean, std, True), clip_spec(cfg, mean, std, False), parts)
+    if "text" in (getattr(cfg, "modalities", None) or "").split(","):
+        attach_hints(cfg.data_root, [bundle.train, bundle.val, bundle.test])
+    return bundle
+
+
+def attach_hints(root: str, datasets) -> None:
+    """Set each dataset's texts (the items' ``hint`` field) from ``hints.json``, for the text modality."""
+    from settings import UsageError
+    path = os.path.join(root, HINTS_FILE)
+    if not os.path.isfile(path):
+        raise UsageError(f"{path} not found: this copy of the dataset predates its text hints; delete {root} (it is "
+                         f"generated again on first use) or run python av_data.py --root {root}")
+    with open(path) as fh:
+        hints = json.load(fh)
+    videos = os.path.join(root, VIDEOS_DIR)
+    for dataset in datasets:
+        if dataset is not None:
+            dataset.texts = [hints[os.path.relpath(item.path, videos).replace(os.sep, "/")]
+                             for item in dataset.items]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -497,7 +497,7 @@ def build_model(cfg: Settings, num_classes: int, arch: Optional[dict] = None, ve
     if cfg.modalities or cfg.model_config:  # issue 10: the composed multimodal model
         from compose import build_composed
         try:
-            return build_composed(cfg, num_classes, arch, verbose)
+            return build_composed(cfg, num_classes, arch, verbose, checkpoint_folder)
         except ValueError as exc:  # an encoder or fusion setting that does not fit a width (heads, head_dim, ...)
             raise UsageError(str(exc)) from exc
     if uses_qwen_vl(cfg):  # Qwen2-VL brings its own vision tower and processor (qwen_vl.py)
@@ -508,16 +508,7 @@ def build_model(cfg: Settings, num_classes: int, arch: Optional[dict] = None, ve
         loud_note(f"{cfg.vision_model}: NO PRETRAINED WEIGHTS - {backbone.source} "
                   f"(pass --pretrained <hub id or folder> to start from trained weights). "
                   f"Recorded as \"pretrained\": false in this run's outputs.")
-    if cfg.use_lora_vision:
-        backbone.module = apply_lora(backbone.module, lora_targets(cfg, backbone), cfg.lora_r, cfg.lora_alpha,
-                                     cfg.lora_dropout)
-    elif cfg.freeze_visionbackbone:
-        freeze(backbone.module)
-    if (cfg.use_lora_vision or cfg.freeze_visionbackbone) and not backbone.pretrained and arch is None and verbose:
-        what = "LoRA" if cfg.use_lora_vision else "--freeze_visionbackbone"
-        loud_note(f"{what} on a RANDOMLY INITIALISED backbone: the backbone has learned nothing, so only the "
-                  f"adapters/head learn, from random features. Point --pretrained at trained weights (a Hub id, "
-                  f"or a local folder such as a model this repo trained and exported).")
+    adapt_backbone(cfg, backbone, announce=verbose and arch is None)
     language = None
     if cfg.use_vlm:
         language = build_language_model(cfg, language_arch, checkpoint_folder, caption_texts, verbose)
@@ -569,6 +560,28 @@ def build_language_model(cfg: Settings, language_arch: Optional[dict], checkpoin
         language = load_causal_lm(name, caption_texts or [], cfg.language_model_size, announce)
     else:
         language = load_text_encoder(name, announce)
+    adapt_language_model(cfg, language, announce if language_arch is None else (lambda message: None))
+    return language
+
+
+def adapt_backbone(cfg: Settings, backbone: Backbone, announce: bool) -> None:
+    """--use_lora_vision (peft LoRA on the backbone's attention) or --freeze_visionbackbone, in place; ``announce``
+    warns when either meets a randomly initialised backbone. Shared with the composed model (compose.py)."""
+    if cfg.use_lora_vision:
+        backbone.module = apply_lora(backbone.module, lora_targets(cfg, backbone), cfg.lora_r, cfg.lora_alpha,
+                                     cfg.lora_dropout)
+    elif cfg.freeze_visionbackbone:
+        freeze(backbone.module)
+    if (cfg.use_lora_vision or cfg.freeze_visionbackbone) and not backbone.pretrained and announce:
+        what = "LoRA" if cfg.use_lora_vision else "--freeze_visionbackbone"
+        loud_note(f"{what} on a RANDOMLY INITIALISED backbone: the backbone has learned nothing, so only the "
+                  f"adapters/head learn, from random features. Point --pretrained at trained weights (a Hub id, "
+                  f"or a local folder such as a model this repo trained and exported).")
+
+
+def adapt_language_model(cfg: Settings, language, announce: Callable[[str], None]) -> None:
+    """--use_lora_llm (peft LoRA) or --freeze_language_model on ``language.module``, in place; ``announce`` warns
+    when either meets a randomly initialised language model. Shared with the composed model's text encoder."""
     if cfg.use_lora_llm:
         if not language.lora_targets:
             raise UsageError(f"no default LoRA targets for the {language.arch.get('model_type')} language model; "
@@ -581,11 +594,10 @@ def build_language_model(cfg: Settings, language_arch: Optional[dict], checkpoin
                                      fan_in_fan_out=language.causal and language.arch.get("model_type") == "gpt2")
     elif cfg.freeze_language_model:
         freeze(language.module)
-    if (cfg.use_lora_llm or cfg.freeze_language_model) and not language.pretrained and language_arch is None:
+    if (cfg.use_lora_llm or cfg.freeze_language_model) and not language.pretrained:
         what = "--use_lora_llm" if cfg.use_lora_llm else "--freeze_language_model"
         announce(f"{what} on a RANDOMLY INITIALISED language model: it has learned nothing, so only the adapters "
                  f"and the projector learn. Online, --language_model gpt2 loads the pretrained GPT-2.")
-    return language
 
 
 def build_vision_language_model(cfg: Settings, backbone: Backbone, language, num_classes: int) -> nn.Module:

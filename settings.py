@@ -233,8 +233,8 @@ class Settings:
     speed_repeats: int = _opt(5, "timed runs (after 2 warm-up runs) for the latency and throughput in eval.json; "
                               "0 = do not time", minimum=0, group=RUNTIME)
     # --- issue 10: composable multimodal models (compose.py, audio.py, av_data.py) ---------------------------------
-    modalities: Optional[str] = _opt(None, "inputs of the composed multimodal model, comma-separated: video, audio "
-                                     "(e.g. video,audio); none = the video classifier (or --model_config)",
+    modalities: Optional[str] = _opt(None, "inputs of the composed multimodal model, comma-separated: video, audio, "
+                                     "text (e.g. video,audio); none = the video classifier (or --model_config)",
                                      group=MODEL)
     model_config: Optional[str] = _opt(None, "YAML file whose model: section declares the encoders, fusion and head "
                                        "(a model: section in the settings YAML does the same; see README)",
@@ -483,10 +483,14 @@ def check_composed(cfg: Settings) -> None:
     from compose import check_composed_flags, composition
     check_composed_flags(cfg)
     spec = composition(cfg)
+    check_composed_flags(cfg, spec)
     cfg.modalities = ",".join(spec["encoders"])  # record what the model reads (the datasets load audio by it)
     if "audio" in spec["encoders"] and cfg.dataset == "synthetic":
         raise UsageError("audio needs video files with sound; --dataset synthetic holds .pt frames: use --dataset "
                          "synthetic_av (generated on first use), videofolder or ucf101")
+    if "text" in spec["encoders"] and cfg.dataset not in ("synthetic", "synthetic_av"):
+        raise UsageError(f"the text modality reads the text hints of the synthetic datasets; --dataset {cfg.dataset} "
+                         f"has none: use --dataset synthetic or synthetic_av, or drop text from --modalities")
 
 
 def check_views(cfg: Settings) -> None:
@@ -517,6 +521,8 @@ def check_language_flags(cfg: Settings) -> None:
     """Combinations of the vision + language flags that cannot work, each with its fix."""
     needs_vlm = [name for name in ("captioning", "use_text", "use_lora_llm", "freeze_language_model")
                  if getattr(cfg, name)]
+    if not cfg.use_vlm and (cfg.modalities or cfg.model_config) and not cfg.captioning:
+        return  # issue 10: a composed model's text encoder reads these (compose.check_composed_flags)
     if not cfg.use_vlm:
         if needs_vlm or cfg.language_model:
             name = needs_vlm[0] if needs_vlm else "language_model"

@@ -103,14 +103,19 @@ def test_fusion_arguments_that_do_not_fit_are_a_usage_error():
 
 # ---------------------------------------------------------------------------------------------- YAML == flags
 def test_yaml_declared_model_equals_flag_declared(in_tmp):
-    flags = build(settings("--modalities", "video,audio", "--fusion", "bottleneck"))
-    config = in_tmp / "settings.yaml"
-    config.write_text(yaml.safe_dump(dict(model=SECTION)))
-    from_settings_yaml = build(resolve(TINY + ["--config", str(config)], "t", "t")[0])
-    model_file = in_tmp / "model.yaml"
-    model_file.write_text(yaml.safe_dump(SECTION))
-    from_model_config = build(settings("--model_config", str(model_file)))
-    inputs = batch()
+    assert_yaml_equals_flags(in_tmp, ["--modalities", "video,audio", "--fusion", "bottleneck"], SECTION, batch())
+
+
+def assert_yaml_equals_flags(folder, flag_list, section, inputs, common=()):
+    """The model the flags declare, the settings YAML's model: section and a --model_config file: same parameters,
+    same outputs, same composition (``common``: flags all three share)."""
+    flags = build(settings(*flag_list, *common))
+    config = folder / "settings.yaml"
+    config.write_text(yaml.safe_dump(dict(model=section)))
+    from_settings_yaml = build(resolve(TINY + list(common) + ["--config", str(config)], "t", "t")[0])
+    model_file = folder / "model.yaml"
+    model_file.write_text(yaml.safe_dump(section))
+    from_model_config = build(settings("--model_config", str(model_file), *common))
     for other in (from_settings_yaml, from_model_config):
         assert list(other.state_dict()) == list(flags.state_dict())
         with torch.no_grad():
