@@ -1,6 +1,8 @@
 """Timing and memory measurements, shared by the run reports (reporting.py) and the benchmark scripts."""
 from __future__ import annotations
 
+import json
+import os
 import resource
 import statistics
 import time
@@ -38,3 +40,11 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def append_results(path: str, rows: list) -> None:
+    """Add a benchmark's result rows to the JSON list in ``path`` (created if missing), so several invocations
+    (other runs, other seeds) collect in one file."""
+    previous = json.load(open(path)) if os.path.isfile(path) else []
+    with open(path, "w") as fh:
+        json.dump(previous + rows, fh, indent=1)

@@ -20,6 +20,8 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from measure import append_results  # noqa: E402
+
 COMMON = ["--dataset", "synthetic_av", "--vision_model", "videomae", "--model_size", "tiny", "--num_frames", "8",
           "--image_size", "32", "--audio_seconds", "1.0", "--fusion_dim", "64", "--audio_dim", "64", "--batch_size",
           "32", "--quiet", "--speed_repeats", "0", "--summary_csv", "none"]
@@ -67,9 +69,7 @@ def main(argv=None) -> list:
         results.append(run(name, RUNS[name], args))
         print(json.dumps(results[-1]), flush=True)
     if args.json:
-        previous = json.load(open(args.json)) if os.path.isfile(args.json) else []
-        with open(args.json, "w") as fh:
-            json.dump(previous + results, fh, indent=1)
+        append_results(args.json, results)
     return results
 
 

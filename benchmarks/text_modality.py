@@ -29,6 +29,8 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from measure import append_results  # noqa: E402
+
 COMMON = ["--dataset", "synthetic", "--synthetic_task", "playback", "--vision_model", "videomae", "--model_size",
           "tiny", "--num_frames", "8", "--image_size", "32", "--fusion", "transformer", "--fusion_dim", "64",
           "--fusion_depth", "2", "--batch_size", "32", "--mixed_precision", "no", "--quiet", "--speed_repeats", "0",
@@ -104,9 +106,7 @@ def main(argv=None) -> list:
         results.append(run(name, RUNS[name], args, pretrained))
         print(json.dumps(results[-1]), flush=True)
     if args.json:
-        previous = json.load(open(args.json)) if os.path.isfile(args.json) else []
-        with open(args.json, "w") as fh:
-            json.dump(previous + results, fh, indent=1)
+        append_results(args.json, results)
     return results
 
 
