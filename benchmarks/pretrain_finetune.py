@@ -1,6 +1,6 @@
 """Does our masked-video pretraining help with few labels? Pretrain, then fine-tune with 10 % of the labels.
 
-    python benchmarks/pretrain_finetune.py --data_root synthetic_dataset            # everything (one core: ~40 min)
+    python benchmarks/pretrain_finetune.py --data_root synthetic_dataset            # everything (one core: ~30 min)
     python benchmarks/pretrain_finetune.py --steps pretrain                         # only the pretraining run
     python benchmarks/pretrain_finetune.py --steps finetune --seeds 0 1 2           # fine-tunes (pretraining done)
     python benchmarks/pretrain_finetune.py --steps report                           # table, JSON and curves only
