@@ -63,12 +63,13 @@ PRETRAIN_INFO_FILE = "pretraining.json"
 # ----------------------------------------------------------------------------------------------------------------
 # masking (pure)
 # ----------------------------------------------------------------------------------------------------------------
-def num_masked(num_tokens: int, ratio: float) -> int:
-    """Tokens hidden out of ``num_tokens``: round(ratio * n), at least 1 hidden and 1 visible."""
+def num_masked(num_tokens: int, ratio: float, unit: str = "tokens") -> int:
+    """Units (tokens, or the patches / time slots a mask draws) hidden out of ``num_tokens``: round(ratio * n), at
+    least 1 hidden and 1 visible."""
     k = int(round(ratio * num_tokens))
     if not 0 < k < num_tokens:
-        raise ValueError(f"mask ratio {ratio} hides {k} of {num_tokens} tokens; at least one token must be hidden "
-                         f"and one visible: choose --mask_ratio in ({1 / num_tokens:.3f}, {1 - 1 / num_tokens:.3f})")
+        raise ValueError(f"mask ratio {ratio} hides {k} of {num_tokens} {unit}; at least one must be hidden and one "
+                         f"visible: choose --mask_ratio in ({1 / num_tokens:.3f}, {1 - 1 / num_tokens:.3f})")
     return k
 
 
@@ -101,7 +102,9 @@ def frame_mask(batch: int, grid: Sequence[int], ratio: float, generator: Optiona
     return hidden.unsqueeze(-1).expand(batch, slots, height * width).reshape(batch, -1)
 
 
-MASK_UNITS = {"tube": lambda grid: grid[1] * grid[2], "random": math.prod, "frame": lambda grid: grid[0]}
+# mask type -> (what it draws: the name, and how many a token grid (T', H', W') has)
+MASK_UNITS = {"tube": ("patches per frame", lambda grid: grid[1] * grid[2]), "random": ("tokens", math.prod),
+              "frame": ("time slots", lambda grid: grid[0])}
 
 
 def make_mask(kind: str, batch: int, grid: Sequence[int], ratio: float,
@@ -419,7 +422,8 @@ def build_pretrainer(cfg: Settings, verbose: bool = True) -> BuiltPretrainer:
         mae.videomae.load_state_dict(encoder.state_dict())  # the backbone's weights: random or --pretrained
         grid = token_grid(config)  # a ratio that hides nothing or everything fails here, before training
         try:
-            num_masked(MASK_UNITS[cfg.mask_type](grid), cfg.mask_ratio)
+            unit, count = MASK_UNITS[cfg.mask_type]
+            num_masked(count(grid), cfg.mask_ratio, unit)
         except ValueError as exc:
             raise UsageError(f"--mask_ratio {cfg.mask_ratio} with --mask_type {cfg.mask_type}: {exc}") from None
     text = None

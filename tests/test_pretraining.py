@@ -61,9 +61,9 @@ def test_frame_mask_hides_exactly_round_ratio_time_slots_whole():
 
 
 def test_a_ratio_that_hides_nothing_or_everything_is_refused():
-    with pytest.raises(ValueError, match="at least one token"):
+    with pytest.raises(ValueError, match="hides 16 of 16 tokens; at least one must be hidden"):
         num_masked(16, 0.99)
-    with pytest.raises(ValueError, match="at least one token"):
+    with pytest.raises(ValueError, match="hides 0 of 16 tokens; at least one must be hidden"):
         num_masked(16, 0.01)
 
 
@@ -237,9 +237,9 @@ def test_pretraining_misuse_is_a_usage_error(in_tmp, argv, needle, capsys):
 
 def test_a_mask_ratio_that_hides_every_patch_is_a_usage_error():
     from pretraining import build_pretrainer
-    with pytest.raises(UsageError, match="at least one token"):  # tube: 16 patches per frame, round(0.98 * 16) = 16
+    with pytest.raises(UsageError, match="hides 16 of 16 patches per frame"):  # tube: round(0.98 * 16) = 16
         build_pretrainer(Settings(task="pretrain", model_size="tiny", mask_ratio=0.98), verbose=False)
-    with pytest.raises(UsageError, match="--mask_type frame"):  # 8 frames / tubelet 2 = 4 slots, round(0.9 * 4) = 4
+    with pytest.raises(UsageError, match="--mask_type frame: .* hides 4 of 4 time slots"):  # 8 frames / tubelet 2
         build_pretrainer(Settings(task="pretrain", model_size="tiny", mask_type="frame", mask_ratio=0.9),
                          verbose=False)
 
