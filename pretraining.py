@@ -69,7 +69,7 @@ def num_masked(num_tokens: int, ratio: float, unit: str = "tokens") -> int:
     k = int(round(ratio * num_tokens))
     if not 0 < k < num_tokens:
         raise ValueError(f"mask ratio {ratio} hides {k} of {num_tokens} {unit}; at least one must be hidden and one "
-                         f"visible: choose --mask_ratio in ({1 / num_tokens:.3f}, {1 - 1 / num_tokens:.3f})")
+                         f"visible: choose --mask_ratio in [{1 / num_tokens:.3f}, {1 - 1 / num_tokens:.3f}]")
     return k
 
 
