@@ -65,6 +65,8 @@ def test_a_ratio_that_hides_nothing_or_everything_is_refused():
         num_masked(16, 0.99)
     with pytest.raises(ValueError, match="hides 0 of 16 tokens; at least one must be hidden"):
         num_masked(16, 0.01)
+    for n in (4, 15, 16):  # both ends of the range the error suggests are valid
+        assert num_masked(n, 1 / n) == 1 and num_masked(n, 1 - 1 / n) == n - 1
 
 
 def test_patchify_is_the_videomae_token_layout():
