@@ -48,3 +48,15 @@ def append_results(path: str, rows: list) -> None:
     previous = json.load(open(path)) if os.path.isfile(path) else []
     with open(path, "w") as fh:
         json.dump(previous + rows, fh, indent=1)
+
+
+def run_and_record(runs: str, run_one, json_path: "str | None", results: "list | None" = None) -> list:
+    """A benchmark's driver loop: ``run_one(name) -> dict`` for each name of the comma-separated ``runs``, each
+    result printed as a JSON line as it comes, all of them (after ``results``) appended to ``json_path``."""
+    results = list(results or [])
+    for name in [r.strip() for r in runs.split(",") if r.strip()]:
+        results.append(run_one(name))
+        print(json.dumps(results[-1]), flush=True)
+    if json_path:
+        append_results(json_path, results)
+    return results

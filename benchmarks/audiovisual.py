@@ -11,7 +11,6 @@ BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -20,7 +19,7 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from measure import append_results  # noqa: E402
+from measure import run_and_record  # noqa: E402
 
 COMMON = ["--dataset", "synthetic_av", "--vision_model", "videomae", "--model_size", "tiny", "--num_frames", "8",
           "--image_size", "32", "--audio_seconds", "1.0", "--fusion_dim", "64", "--audio_dim", "64", "--batch_size",
@@ -64,13 +63,7 @@ def main(argv=None) -> list:
     parser.add_argument("--runs", default="video,audio,video+audio", help=f"comma-separated of: {', '.join(RUNS)}")
     parser.add_argument("--json", default=None, help="append the results to this JSON file")
     args = parser.parse_args(argv)
-    results = []
-    for name in [r.strip() for r in args.runs.split(",") if r.strip()]:
-        results.append(run(name, RUNS[name], args))
-        print(json.dumps(results[-1]), flush=True)
-    if args.json:
-        append_results(args.json, results)
-    return results
+    return run_and_record(args.runs, lambda name: run(name, RUNS[name], args), args.json)
 
 
 if __name__ == "__main__":

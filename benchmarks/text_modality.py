@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from measure import append_results  # noqa: E402
+from measure import run_and_record  # noqa: E402
 
 COMMON = ["--dataset", "synthetic", "--synthetic_task", "playback", "--vision_model", "videomae", "--model_size",
           "tiny", "--num_frames", "8", "--image_size", "32", "--fusion", "transformer", "--fusion_dim", "64",
@@ -102,12 +102,7 @@ def main(argv=None) -> list:
         pretrained = ["--pretrained", folder]
     elif args.backbone:
         pretrained = ["--pretrained", args.backbone]
-    for name in [r.strip() for r in args.runs.split(",") if r.strip()]:
-        results.append(run(name, RUNS[name], args, pretrained))
-        print(json.dumps(results[-1]), flush=True)
-    if args.json:
-        append_results(args.json, results)
-    return results
+    return run_and_record(args.runs, lambda name: run(name, RUNS[name], args, pretrained), args.json, results)
 
 
 if __name__ == "__main__":
