@@ -7,6 +7,8 @@ import resource
 import statistics
 import time
 
+from checkpointing import write_json_atomic
+
 
 def median_time(fn, repeats: int) -> float:
     """Median wall time of ``repeats`` calls of ``fn()`` (seconds)."""
@@ -46,8 +48,7 @@ def append_results(path: str, rows: list) -> None:
     """Add a benchmark's result rows to the JSON list in ``path`` (created if missing), so several invocations
     (other runs, other seeds) collect in one file."""
     previous = json.load(open(path)) if os.path.isfile(path) else []
-    with open(path, "w") as fh:
-        json.dump(previous + rows, fh, indent=1)
+    write_json_atomic(path, previous + rows)
 
 
 def run_and_record(runs: str, run_one, json_path: "str | None", results: "list | None" = None) -> list:

@@ -14,7 +14,6 @@ Both paths must produce identical captions; the script stops if they do not. No 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from checkpointing import write_json_atomic  # noqa: E402
 from measure import median_time  # noqa: E402
 from captioning import VideoCaptioner, tiny_gpt2_config, train_caption_tokenizer  # noqa: E402
 
@@ -129,8 +129,7 @@ def main(argv=None) -> dict:
               f"generate {r['direct_ms']:.1f} ms ({r['direct_captions_per_s']:.1f} captions/s) | ratio "
               f"{r['ratio']:.3f} | of which prepare_generation_inputs {r['prepare_ms']:.2f} ms", flush=True)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+        write_json_atomic(args.json, results)
     return results
 
 

@@ -20,7 +20,6 @@ No figure is a pass/fail test; results go to BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from checkpointing import write_json_atomic  # noqa: E402
 from measure import current_rss_bytes, reset_peak_rss, vm_hwm_bytes  # noqa: E402
 from fusion import Mamba2Fusion, MambaFusion, TransformerFusion  # noqa: E402
 
@@ -165,10 +165,9 @@ def main() -> None:
     for line in summary["lines"]:
         print(line)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(dict(torch=torch.__version__, threads=torch.get_num_threads(), batch=BATCH, width=WIDTH,
-                           depth=DEPTH, d_state=D_STATE, expand=EXPAND, rows=rows, summary=summary["ratios"]), fh,
-                      indent=2)
+        write_json_atomic(args.json, dict(torch=torch.__version__, threads=torch.get_num_threads(), batch=BATCH,
+                                          width=WIDTH, depth=DEPTH, d_state=D_STATE, expand=EXPAND, rows=rows,
+                                          summary=summary["ratios"]))
 
 
 def summarize(rows: list[dict]) -> dict:

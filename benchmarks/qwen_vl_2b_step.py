@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from checkpointing import write_json_atomic  # noqa: E402
 from qwen_vl import QwenVLCaptioner, make_processor, prepare_for_training, train_qwen_tokenizer  # noqa: E402
 from settings import Settings  # noqa: E402
 
@@ -115,8 +116,7 @@ def main(argv=None) -> dict:
                   step_seconds_median=round(statistics.median(times), 3), **peak)
     print(json.dumps(result, indent=1))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
+        write_json_atomic(args.json, result)
     return result
 
 

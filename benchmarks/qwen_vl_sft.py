@@ -28,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import dummy_data  # noqa: E402
+from checkpointing import write_json_atomic  # noqa: E402
 import main as train_main  # noqa: E402
 import sft_data  # noqa: E402
 
@@ -78,8 +79,7 @@ def main(argv=None) -> dict:
     summary = run(args)
     print(json.dumps(summary, indent=1))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(summary, fh, indent=1)
+        write_json_atomic(args.json, summary)
     return summary
 
 

@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from checkpointing import write_json_atomic  # noqa: E402
 from measure import median_time, reset_peak_rss, vm_hwm_bytes  # noqa: E402
 from build_model import build_model  # noqa: E402
 from settings import Settings  # noqa: E402
@@ -160,8 +161,7 @@ def main() -> None:
               f"GiB | LoRA {mem['lora']['peak_rss_bytes'] / 2**30:.2f} GiB | ratio {mem['ratio']:.2f} "
               f"(goal <= 0.7)", flush=True)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+        write_json_atomic(args.json, results)
 
 
 if __name__ == "__main__":
