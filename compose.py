@@ -325,9 +325,9 @@ ENCODER_FLAGS = {"use_lora_vision": "video", "freeze_visionbackbone": "video", "
                  "freeze_language_model": "text", "language_model": "text", "text_input": "text"}
 
 
-def check_composed_flags(cfg: Settings, spec: Optional[dict] = None) -> None:
-    """Settings the composed model does not combine with, each with its fix; with the composition ``spec``, also
-    the flags that act on one encoder (LoRA, freezing, the language model, --text_input) without that encoder."""
+def check_composed_flags(cfg: Settings, spec: dict) -> None:
+    """Settings the composed model does not combine with, each with its fix, and the flags that act on one encoder
+    (LoRA, freezing, the language model, --text_input) where the composition ``spec`` lacks that encoder."""
     if cfg.use_vlm:
         raise UsageError("--use_vlm is not available for the composed multimodal model (--modalities / "
                          "--model_config): --use_vlm sends the video tokens through the language model, while the "
@@ -336,8 +336,6 @@ def check_composed_flags(cfg: Settings, spec: Optional[dict] = None) -> None:
     if cfg.use_text:
         raise UsageError("--use_text is for --use_vlm models; the composed model reads the text hints when text is "
                          "among its modalities (--modalities video,text): drop --use_text")
-    if spec is None:
-        return
     for flag, modality in ENCODER_FLAGS.items():
         entry = spec["encoders"].get(modality)
         if getattr(cfg, flag) and (entry is None or "_target_" in entry):

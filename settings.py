@@ -481,7 +481,6 @@ def check_composed(cfg: Settings) -> None:
                              "--model_config), or choose transformer, mamba, mean or bottleneck")
         return
     from compose import check_composed_flags, composition
-    check_composed_flags(cfg)
     spec = composition(cfg)
     check_composed_flags(cfg, spec)
     cfg.modalities = ",".join(spec["encoders"])  # record what the model reads (the datasets load audio by it)
