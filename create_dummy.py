@@ -6,45 +6,11 @@ so captioning inference can report caption metrics.
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
 from typing import Optional, Sequence
 
-import torch
-from PIL import Image
-from tqdm.auto import tqdm
-
-from settings import Parser, UsageError, run_cli
-from VLoader import FRAME_CAPTIONS_FILE, FRAME_LABELS_FILE, FRAME_TEXTS_FILE, read_annotations
-
-
-def video_to_frames(video: torch.Tensor, folder: str) -> int:
-    """uint8 [T, C, H, W] -> folder/frame_00000.png ...; returns the number of frames written."""
-    if video.dtype != torch.uint8 or video.dim() != 4:
-        raise ValueError(f"expected a uint8 [T, C, H, W] video, got {video.dtype} {tuple(video.shape)}")
-    os.makedirs(folder, exist_ok=True)
-    for t, frame in enumerate(video):
-        Image.fromarray(frame.permute(1, 2, 0).numpy()).save(os.path.join(folder, f"frame_{t:05d}.png"))
-    return len(video)
-
-
-def export_split(data_root: str, split: str, out_dir: str, max_videos: int = 0, quiet: bool = False) -> dict:
-    """Write every video of a split (or the first max_videos) as frame folders; returns {video_name: class_name}."""
-    records = read_annotations(data_root, split)
-    if max_videos:
-        records = records[:: max(1, len(records) // max_videos)][:max_videos]  # spread over all classes
-    labels, texts, captions = {}, {}, {}
-    for rec in tqdm(records, desc=f"frames -> {out_dir}", disable=quiet or not sys.stderr.isatty(), leave=False):
-        name = os.path.splitext(rec["path"])[0].replace("/", "_")  # class_3/video_12.pt -> class_3_video_12
-        video = torch.load(os.path.join(data_root, split, rec["path"]), weights_only=True)
-        video_to_frames(video, os.path.join(out_dir, name))
-        labels[name], texts[name], captions[name] = rec["class_name"], rec.get("hint", ""), rec.get("caption", "")
-    for filename, content in ((FRAME_LABELS_FILE, labels), (FRAME_TEXTS_FILE, texts),
-                              (FRAME_CAPTIONS_FILE, captions)):
-        with open(os.path.join(out_dir, filename), "w") as fh:
-            json.dump(content, fh, indent=1)
-    return labels
+from videolab.cli import Parser, run_cli
+from videolab.core.errors import UsageError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -55,6 +21,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--max_videos", type=int, default=0, help="0 = all videos of the split")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    from videolab.data.frames import export_split  # after parsing: --help answers before torch is imported
     try:
         labels = export_split(args.data_root, args.split, args.out_dir, args.max_videos, args.quiet)
     except FileNotFoundError as exc:

@@ -1,249 +1,39 @@
-"""Synthetic videos whose class can be told only from motion.
+"""Write the synthetic motion dataset: ``python dummy_data.py [--root synthetic_dataset] [--task playback]``.
 
-Eight classes form four *time-reversal pairs*: move right / left, move down / up, rotate clockwise /
-counter-clockwise, grow / shrink. Within a pair, one class is the other played backwards, and the start state is
-drawn so that the *set* of frames has the same distribution for both classes: a model that pools single frames
-without their order (frame averaging) cannot beat chance within a pair; only a temporal model can.
-
-Distractors: random object colour, shape and size, random background colour with a soft gradient, a static
-distractor blob, and pixel noise. Every video also gets a ground-truth caption and a text hint (the motion family,
-never the direction) for the vision+language models.
-
-Layout written by :func:`write_dataset`::
-
-    <root>/classes.json                          class names, pairs, generator settings
-    <root>/{train,test}/annotations.jsonl        one record per video: path, label, class_name, caption, hint
-    <root>/{train,test}/class_<k>/video_<i>.pt   uint8 tensor [T, C, H, W]
-
-Each video is drawn from its own generator seeded by (seed, split, class, index): the same seed gives the same
-bytes, whatever order or subset is generated.
-
-Two tasks share the videos:
-
-* ``motion`` (default): the hint names the motion family, which the frames already show;
-* ``playback``: half the clips (a seeded coin per video) are stored played backwards, and the label stays the
-  motion that happened. A backwards clip of "move right" looks exactly like "move left" played forwards, so from
-  the frames alone the direction is a coin toss; the hint ("the clip is played backwards" / "... forwards") is
-  the only thing that says which way round the clip runs. Frames alone: about 50 % (right family, chance within
-  the pair); text alone: chance (it does not name the family); frames + text: everything. This is the benchmark
-  for text-conditioned classification (``--use_text``).
+Eight classes (four time-reversal pairs: move right / left, down / up, rotate clockwise / counter-clockwise,
+grow / shrink) that only motion tells apart, as uint8 ``[T, C, H, W]`` tensors with a caption and a text hint
+each; ``videolab/data/synthetic.py`` describes the data and holds the generator, whose names this module hands
+on: ``import dummy_data; dummy_data.make_video(label, num_frames, size, seed)``, ``dummy_data.write_dataset(root)``.
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-
-CLASS_NAMES = ("move_right", "move_left", "move_down", "move_up", "rotate_clockwise", "rotate_counterclockwise",
-               "grow", "shrink")
-# class -> index of its time-reversed twin
-REVERSAL_PAIR = {0: 1, 1: 0, 2: 3, 3: 2, 4: 5, 5: 4, 6: 7, 7: 6}
-CAPTION_VERB = {0: "moves to the right", 1: "moves to the left", 2: "moves down", 3: "moves up",
-                4: "rotates clockwise", 5: "rotates counterclockwise", 6: "grows", 7: "shrinks"}
-PLAYBACK_HINT = {False: "the clip is played forwards", True: "the clip is played backwards"}
-TASKS = ("motion", "playback")
-HINT_BY_FAMILY = {0: "the shape slides sideways", 1: "the shape slides vertically", 2: "the shape turns in place",
-                  3: "the shape changes size"}
-SHAPES = ("triangle", "ell", "key")
-# Bright objects on dark backgrounds: colours vary freely, but the object is always the brighter thing, so a
-# model can find it without first learning each video's colour pair.
-COLOURS = {"red": (1.0, 0.3, 0.25), "green": (0.35, 1.0, 0.4), "blue": (0.45, 0.6, 1.0), "yellow": (1.0, 0.95, 0.3),
-           "pink": (1.0, 0.5, 0.9), "cyan": (0.3, 0.95, 1.0), "white": (0.97, 0.97, 0.97),
-           "orange": (1.0, 0.65, 0.2)}
-BACKGROUNDS = {"black": (0.03, 0.03, 0.03), "gray": (0.2, 0.2, 0.2), "navy": (0.04, 0.06, 0.28),
-               "olive": (0.22, 0.22, 0.05), "maroon": (0.28, 0.04, 0.06), "teal": (0.04, 0.22, 0.22)}
-SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+from videolab.cli import Parser, run_cli
+from videolab.core.errors import UsageError
 
 
-@dataclass(frozen=True)
-class VideoSpec:
-    """Everything that decides one video (drawn from the per-video generator)."""
-    label: int
-    shape: str
-    colour: str
-    background: str
-
-
-def class_family(label: int) -> int:
-    """0 horizontal, 1 vertical, 2 rotation, 3 scale."""
-    return label // 2
-
-
-def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
-    """Boolean mask of a shape with no rotational symmetry, in object coordinates (u, v), radius r."""
-    if shape == "triangle":  # points along +u
-        return (u >= -0.5 * r) & (u <= r) & (np.abs(v) <= 0.6 * (r - u) * 0.75)
-    if shape == "ell":  # long arm along +u, short arm along +v
-        w = 0.28 * r
-        return ((u >= -w) & (u <= r) & (np.abs(v) <= w)) | ((np.abs(u) <= w) & (v >= -w) & (v <= 0.65 * r))
-    # key: a bar with a round head at +u
-    return ((u >= -r) & (u <= 0.3 * r) & (np.abs(v) <= 0.2 * r)) | ((u - 0.6 * r) ** 2 + v ** 2 <= (0.4 * r) ** 2)
-
-
-def _trajectory(label: int, size: int, num_frames: int, rng: np.random.Generator):
-    """Per-frame (cx, cy, angle, radius), each shape [T]. Reversal pairs get mirrored start distributions."""
-    s = np.linspace(0.0, 1.0, num_frames)
-    family, backwards = class_family(label), label % 2 == 1
-    radius = rng.uniform(0.18, 0.22) * size
-    angle0 = rng.uniform(0, 2 * np.pi)
-    margin = 0.02 * size + radius  # keeps the whole shape inside the frame: 2 * 0.24 + 0.5 travel < 1
-    cx = np.full(num_frames, rng.uniform(margin, size - margin))
-    cy = np.full(num_frames, rng.uniform(margin, size - margin))
-    angle = np.full(num_frames, angle0)
-    rad = np.full(num_frames, radius)
-    if family in (0, 1):
-        travel = rng.uniform(0.42, 0.5) * size
-        start = rng.uniform(margin, size - margin - travel)
-        path = start + travel * s  # forwards: increasing coordinate (right / down)
-        path = path[::-1] if backwards else path
-        if family == 0:
-            cx = path
-        else:
-            cy = path
-    elif family == 2:
-        turn = rng.uniform(0.75, 1.0) * np.pi
-        angle = angle0 + turn * s  # image y points down, so increasing angle is clockwise on screen
-        angle = angle[::-1] if backwards else angle
-    else:
-        small, big = rng.uniform(0.1, 0.13) * size, rng.uniform(0.26, 0.32) * size
-        rad = small + (big - small) * s
-        rad = rad[::-1] if backwards else rad
-        margin = 0.05 * size + big
-        cx = np.full(num_frames, rng.uniform(margin, size - margin))
-        cy = np.full(num_frames, rng.uniform(margin, size - margin))
-    return cx, cy, angle, rad
-
-
-def make_video(label: int, num_frames: int = 8, size: int = 32, seed: Sequence[int] | int = 0,
-               noise: float = 0.02) -> tuple[torch.Tensor, VideoSpec]:
-    """One synthetic clip.
-
-    Returns:
-        video: uint8 tensor [T, 3, H, W] (H = W = size).
-        spec: what was drawn (shape, colours), for captions.
-    """
-    if not 0 <= label < len(CLASS_NAMES):
-        raise ValueError(f"label must be in [0, {len(CLASS_NAMES)}), got {label}")
-    if num_frames < 2 or size < 16:
-        raise ValueError(f"need num_frames >= 2 and size >= 16 for visible motion, got {num_frames}, {size}")
-    rng = np.random.default_rng(seed)
-    spec = VideoSpec(label, SHAPES[rng.integers(len(SHAPES))], list(COLOURS)[rng.integers(len(COLOURS))],
-                     list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))])
-    colour = np.clip(np.array(COLOURS[spec.colour]) + rng.uniform(-0.08, 0.08, 3), 0, 1)
-    background = np.clip(np.array(BACKGROUNDS[spec.background]) + rng.uniform(-0.04, 0.04, 3), 0, 1)
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5  # pixel centres, [H, W]
-    gradient_dir = rng.normal(size=2)
-    gradient = ((xs * gradient_dir[0] + ys * gradient_dir[1]) / size) * 0.04  # soft static background gradient
-    frame_bg = background[:, None, None] + gradient[None]  # [3, H, W]
-    # static distractor blob (present in 30 % of the videos)
-    blob = None
-    if rng.random() < 0.3:
-        bx, by, br = rng.uniform(0, size, 2).tolist() + [rng.uniform(0.05, 0.1) * size]
-        blob_colour = np.clip(background + rng.uniform(-0.3, 0.3, 3), 0, 1)
-        blob = (((xs - bx) ** 2 + (ys - by) ** 2) <= br ** 2, blob_colour)
-    cx, cy, angle, rad = _trajectory(label, size, num_frames, rng)
-    frames = np.empty((num_frames, 3, size, size), dtype=np.float32)
-    for t in range(num_frames):
-        frame = frame_bg.copy()
-        if blob is not None:
-            frame[:, blob[0]] = blob[1][:, None]
-        dx, dy = xs - cx[t], ys - cy[t]
-        cos, sin = np.cos(angle[t]), np.sin(angle[t])
-        u, v = dx * cos + dy * sin, -dx * sin + dy * cos  # rotate pixel offsets into object coordinates
-        mask = _shape_mask(spec.shape, u, v, rad[t])
-        frame[:, mask] = colour[:, None]
-        frames[t] = frame
-    frames += rng.normal(0.0, noise, frames.shape).astype(np.float32)
-    video = torch.from_numpy(np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8))  # [T, 3, H, W]
-    return video, spec
-
-
-def caption_for(spec: VideoSpec) -> str:
-    article = "an" if spec.colour[0] in "aeiou" else "a"
-    return f"{article} {spec.colour} {spec.shape} {CAPTION_VERB[spec.label]} on a {spec.background} background"
-
-
-def hint_for(spec: VideoSpec) -> str:
-    return HINT_BY_FAMILY[class_family(spec.label)]
-
-
-def _atomic_torch_save(tensor: torch.Tensor, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(tensor, tmp)
-    os.replace(tmp, path)
-
-
-def played_backwards(seed: int, split: str, label: int, index: int) -> bool:
-    """The playback task's coin for one video (its own generator: the motion videos' bytes do not change)."""
-    return bool(np.random.default_rng((seed, SPLIT_IDS[split], label, index, 1)).random() < 0.5)
-
-
-def write_split(root: str, split: str, per_class: int, num_classes: int, num_frames: int, size: int, seed: int,
-                quiet: bool = False, task: str = "motion") -> list[dict]:
-    """Write one split's videos and annotations.jsonl; returns the annotation records."""
-    records = []
-    jobs = [(label, i) for label in range(num_classes) for i in range(per_class)]
-    for label, i in tqdm(jobs, desc=f"synthetic {split}", disable=quiet or not sys.stderr.isatty(), leave=False):
-        video, spec = make_video(label, num_frames, size, seed=(seed, SPLIT_IDS[split], label, i))
-        caption, hint = caption_for(spec), hint_for(spec)
-        if task == "playback":
-            backwards = played_backwards(seed, split, label, i)
-            video = video.flip(0) if backwards else video  # [T, C, H, W] in reverse time order
-            caption, hint = f"{caption}, played {'backwards' if backwards else 'forwards'}", PLAYBACK_HINT[backwards]
-        rel = f"class_{label}/video_{i}.pt"
-        os.makedirs(os.path.join(root, split, f"class_{label}"), exist_ok=True)
-        _atomic_torch_save(video, os.path.join(root, split, rel))
-        records.append(dict(path=rel, label=label, class_name=CLASS_NAMES[label], caption=caption, hint=hint))
-    with open(os.path.join(root, split, "annotations.jsonl"), "w") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in records)
-    return records
-
-
-def write_dataset(root: str = "synthetic_dataset", num_classes: int = 8, train_per_class: int = 400,
-                  test_per_class: int = 50, num_frames: int = 8, size: int = 32, seed: int = 0,
-                  quiet: bool = False, task: str = "motion") -> str:
-    """Write the whole dataset (train + test) under ``root``. classes.json is written last: it marks completion."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    if not 2 <= num_classes <= len(CLASS_NAMES):
-        raise ValueError(f"num_classes must be in [2, {len(CLASS_NAMES)}], got {num_classes}")
-    if train_per_class < 1 or test_per_class < 1:
-        raise ValueError(f"need at least one video per class, got train {train_per_class}, test {test_per_class}")
-    os.makedirs(root, exist_ok=True)
-    write_split(root, "train", train_per_class, num_classes, num_frames, size, seed, quiet, task)
-    write_split(root, "test", test_per_class, num_classes, num_frames, size, seed, quiet, task)
-    meta = dict(class_names=list(CLASS_NAMES[:num_classes]), reversal_pairs=REVERSAL_PAIR, task=task,
-                num_frames=num_frames, size=size, seed=seed, train_per_class=train_per_class,
-                test_per_class=test_per_class)
-    with open(os.path.join(root, "classes.json.tmp"), "w") as fh:
-        json.dump(meta, fh, indent=2)
-    os.replace(os.path.join(root, "classes.json.tmp"), os.path.join(root, "classes.json"))
-    return root
-
-
-def dataset_is_complete(root: str) -> bool:
-    return os.path.isfile(os.path.join(root, "classes.json"))
+def __getattr__(name: str):
+    """The generator's names (``make_video``, ``write_dataset``, ``CLASS_NAMES`` ...), imported on first use so
+    ``--help`` answers before torch is imported."""
+    from videolab.data import synthetic
+    return getattr(synthetic, name)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from settings import Parser, UsageError
     parser = Parser(allow_abbrev=False, description="Write the synthetic motion dataset ([T, C, H, W] uint8 .pt files)")
     parser.add_argument("--root", default="synthetic_dataset", help="output folder (default: synthetic_dataset)")
-    parser.add_argument("--num_classes", type=int, default=8, help=f"2..{len(CLASS_NAMES)} (default: 8)")
+    parser.add_argument("--num_classes", type=int, default=8, help="2..8 (default: 8)")
     parser.add_argument("--train_per_class", type=int, default=400)
     parser.add_argument("--test_per_class", type=int, default=50)
     parser.add_argument("--num_frames", type=int, default=8)
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--task", default="motion", help=f"{' | '.join(TASKS)} (default: motion; see the module doc)")
+    parser.add_argument("--task", default="motion", help="motion | playback (default: motion; see the module doc)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    from videolab.data.synthetic import write_dataset  # after parsing: --help answers before torch is imported
     try:
         write_dataset(args.root, args.num_classes, args.train_per_class, args.test_per_class, args.num_frames,
                       args.image_size, args.seed, args.quiet, args.task)
@@ -253,5 +43,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    from settings import run_cli
     raise SystemExit(run_cli(main))

@@ -1,9 +1,11 @@
 """The train / evaluate loop, on Hugging Face ``accelerate`` (devices, DDP, mixed precision, accumulation, state).
 
-One loop serves every task: models return ``loss`` and ``logits`` (``ModelOutput`` style), so nothing here
-branches on the model. AdamW (no decay on biases and norms), linear warm-up then cosine decay, label smoothing
-(in the model's loss), gradient clipping, gradient accumulation, bf16/fp16 autocast, per-epoch train/val
-loss and top-1/top-5, best + resumable checkpoints.
+One loop serves every task: models return ``loss`` and ``logits`` (``ModelOutput`` style) and the task
+(``videolab/tasks``) judges them (its running train accuracy, its validation, which epoch is best, its test
+report), so nothing here asks which task it runs. AdamW (no decay on biases and norms), linear warm-up then cosine
+decay, label smoothing (in the model's loss), gradient clipping, gradient accumulation, bf16/fp16 autocast,
+per-epoch train/val records, best + resumable checkpoints; then :func:`test_and_report` (eval.json, the results
+table, plots).
 
 Several processes (``accelerate launch`` / ``torchrun``): DDP; ``--batch_size`` is per process, so the global batch
 is batch_size x processes x gradient_accumulation_steps. Every process trains on its shard of each global batch;
@@ -21,7 +23,6 @@ update (``--nan_policy stop``) or skips the batch (``skip``); NaN weights are ne
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -34,73 +35,25 @@ from typing import Optional
 
 import torch
 from accelerate import Accelerator, skip_first_batches
-from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration,
-                               is_tensorboard_available, is_wandb_available, set_seed)
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from build_model import classification_loss
-from checkpointing import (BEST_DIR, LAST_LINK, STATE_FORMAT, CheckpointError, latest_checkpoint, load_training_state,
-                           load_weights, read_run_config, remove_stale_temp, save_checkpoint, save_resumable,
-                           verify_checkpoint)
-from settings import DATA, FIELDS, MODEL, RunError, Settings, UsageError
+from videolab.core.checkpoints import (BEST_DIR, LAST_LINK, STATE_FORMAT, latest_checkpoint, load_training_state,
+                                       load_weights, read_run_config, save_checkpoint, save_resumable,
+                                       verify_checkpoint)
+from videolab.core.errors import CheckpointError, IncompleteResult, RunError
+from videolab.core.files import remove_stale_temp, write_json, write_text
+from videolab.core.hub import hub_offline_mode
+from videolab.core.runtime import deterministic_algorithms, make_accelerator, progress_enabled
+from videolab.core.settings import DATA, FIELDS, MODEL, Settings
+from videolab.data.clips import make_loader
+from videolab.evaluation.reports import (append_summary_row, environment_info, measure_speed, peak_memory,
+                                         summary_row, timestamp, view_protocol)
+from videolab.tasks.base import Task, TestRun, model_inputs
 
-
-def progress_enabled(cfg: Settings) -> bool:
-    return not cfg.quiet and sys.stderr.isatty()
-
-
-TRACKER_INSTALLED = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
-
-
-def check_tracker_installed(report_to: str) -> None:
-    """--report_to names an optional package: say how to install it instead of failing inside accelerate."""
-    if report_to != "none" and not TRACKER_INSTALLED[report_to]():
-        raise UsageError(f"--report_to {report_to} needs the {report_to} package, which is not installed: "
-                         f"pip install {report_to} (or use --report_to none; metrics.jsonl is always written)")
-
-
-def make_accelerator(cfg: Settings, log_with: Optional[str] = None, logging_dir: Optional[str] = None
-                     ) -> Accelerator:
-    """Accelerator for the requested device and precision; fp16 needs a GPU (CPU autocast is bf16 only).
-    ``log_with`` (an accelerate tracker name) writes under ``logging_dir``. Under ``accelerate launch`` /
-    ``torchrun`` it joins the process group (DDP; gloo on CPU)."""
-    use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but no CUDA GPU is visible; use --device cpu (or auto)")
-    if cfg.mixed_precision == "fp16" and use_cpu:
-        raise UsageError("--mixed_precision fp16 needs a CUDA GPU; on CPU use --mixed_precision bf16 (or no)")
-    if cfg.mixed_precision == "bf16" and not use_cpu and not torch.cuda.is_bf16_supported():
-        raise UsageError("this GPU does not support bf16; use --mixed_precision fp16 (or no)")
-    # AcceleratorState is a process-wide singleton that refuses a second precision; in-process callers (tests,
-    # benchmarks, a notebook) build several. Reset it (not the distributed PartialState) so each run gets its own.
-    from accelerate.state import AcceleratorState
-    AcceleratorState._reset_state(reset_partial_state=False)
-    project = ProjectConfiguration(project_dir=logging_dir, logging_dir=logging_dir) if logging_dir else None
-    accelerator = Accelerator(
-        cpu=use_cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        # seedable sampler: the shuffle order is a function of (seed, epoch), so a resumed run sees the same order
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        # the schedule is counted in optimizer steps and stepped by optimizer_step (accelerate would otherwise step it
-        # once per process per step, which makes the schedule depend on the process count)
-        step_scheduler_with_optimizer=False,
-        # a BERT encoder's pooler gets no gradient (the vision + language classifier reads the token states), and
-        # DDP fails on parameters without one unless told to look for them (an extra graph walk per step)
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.use_vlm)],
-        log_with=log_with, project_config=project)
-    accelerator.register_save_state_pre_hook(_weights_saved_by_us)
-    accelerator.register_load_state_pre_hook(_weights_loaded_by_us)
-    return accelerator
-
-
-def _weights_saved_by_us(models, weights, output_dir) -> None:
-    """save_state hook: checkpointing writes model.safetensors itself (unwrapped names, tied weights kept)."""
-    weights.clear()
-
-
-def _weights_loaded_by_us(models, input_dir) -> None:
-    """load_state hook: the weights are loaded from our model.safetensors (restore_training)."""
-    models.clear()
+# accelerate's project name: for TensorBoard the sub-folder of the run folder, for W&B the project
+TRACKER_PROJECT = {"tensorboard": "tensorboard", "wandb": "video-understanding"}
 
 
 LANGUAGE_MODEL_ATTRIBUTES = ("lm", "language_model")  # VisionLanguageClassifier.lm, VideoCaptioner.language_model
@@ -130,133 +83,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
             groups.setdefault((id(p) in lm_weights, p.ndim >= 2), []).append(p)
     return [dict(params=params, weight_decay=weight_decay if decays else 0.0, lr=lm_lr if is_lm else lr)
             for (is_lm, decays), params in sorted(groups.items())]
-
-
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[int, int]:
-    """Number of samples whose label is in the top-k predictions, for each k (k clipped to num classes)."""
-    top = logits.topk(min(max(ks), logits.shape[-1]), dim=-1).indices  # [B, kmax]
-    hits = top == labels.unsqueeze(-1)
-    return {k: int(hits[:, :k].any(-1).sum()) for k in ks}
-
-
-DEFAULT_BATCH_KEYS = {"pixel_values": "pixel_values", "labels": "labels"}
-
-
-def batch_keys(model) -> dict:
-    """forward argument -> batch field, declared by the model (``batch_keys``); unwraps DDP-style wrappers."""
-    inner = getattr(model, "module", model)
-    return getattr(inner, "batch_keys", getattr(model, "batch_keys", DEFAULT_BATCH_KEYS))
-
-
-def is_classifier(model) -> bool:
-    return "labels" in batch_keys(model)
-
-
-def model_inputs(model, batch: dict, device=None) -> dict:
-    """The keyword arguments ``model`` takes, from a collated batch (tensors moved to ``device`` if given)."""
-    inputs = {}
-    for arg, key in batch_keys(model).items():
-        value = batch[key]
-        inputs[arg] = value.to(device) if device is not None and isinstance(value, torch.Tensor) else value
-    return inputs
-
-
-@torch.no_grad()
-def evaluate(model, loader, accelerator: Accelerator, desc: str = "eval", show_progress: bool = False) -> dict:
-    """Loss, top-1, top-5 and per-sample predictions over a loader (labels < 0 are skipped in metrics).
-    A model without labels (a captioner) gets its mean loss only.
-
-    With several processes, each evaluates its shard of an ``accelerator.prepare``-d loader and
-    ``gather_for_metrics`` collects every sample once, in dataset order (it drops the samples accelerate repeats
-    to fill the last batch). The loss is per sample, so the result does not depend on how batches were split.
-    """
-    model.eval()
-    if not is_classifier(model):
-        return _evaluate_loss(model, loader, accelerator, desc, show_progress)
-    label_smoothing = accelerator.unwrap_model(model).label_smoothing
-    logits_all, labels_all, losses_all = [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not show_progress, leave=False):
-        inputs = model_inputs(model, batch, accelerator.device)
-        labels = inputs.pop("labels")  # [B]; -1 = unlabelled
-        with accelerator.autocast():
-            logits = model(**inputs).logits.float()  # [B, num_classes]
-        losses = classification_loss(logits, labels.clamp(min=0), label_smoothing, "none") * (labels >= 0)  # [B]
-        logits, labels, losses = accelerator.gather_for_metrics((logits, labels, losses))
-        logits_all.append(logits.cpu())
-        labels_all.append(labels.cpu())
-        losses_all.append(losses.cpu())
-    logits, labels, losses = torch.cat(logits_all), torch.cat(labels_all), torch.cat(losses_all)
-    labelled = labels >= 0
-    result = dict(num_samples=len(labels), logits=logits, labels=labels, preds=logits.argmax(-1))
-    if labelled.any():
-        hits = topk_correct(logits[labelled], labels[labelled])
-        n = int(labelled.sum())
-        result.update(top1=hits[1] / n, top5=hits[5] / n, loss=losses[labelled].double().sum().item() / n)
-    return result
-
-
-@torch.no_grad()
-def _evaluate_loss(model, loader, accelerator: Accelerator, desc: str, show_progress: bool) -> dict:
-    """Mean loss of a captioner: each clip carries its batch's mean (token-level) loss; clips are gathered from all
-    processes as in ``evaluate``."""
-    losses = []
-    for batch in tqdm(loader, desc=desc, disable=not show_progress, leave=False):
-        with accelerator.autocast():
-            out = model(**model_inputs(model, batch, accelerator.device))
-        per_clip = out.loss.float().reshape(1).expand(len(batch["pixel_values"]))  # [B]
-        losses.append(accelerator.gather_for_metrics(per_clip).cpu())
-    losses = torch.cat(losses) if losses else torch.zeros(0)
-    return dict(num_samples=len(losses), loss=losses.double().sum().item() / max(len(losses), 1))
-
-
-@torch.no_grad()
-def generate_captions(model, loader, accelerator: Accelerator, cfg: Settings, desc: str = "captions",
-                      show_progress: bool = False) -> dict:
-    """Captions for every video of a loader: {video_ids, captions, references (the dataset's, '' if none)},
-    gathered from all processes (each generates for its shard)."""
-    model.eval()
-    rows = []  # (video_id, caption, reference)
-    for batch in tqdm(loader, desc=desc, disable=not show_progress, leave=False):
-        mine = list(zip(batch["video_id"], caption_batch(model, batch, accelerator, cfg), batch["caption"]))
-        rows += accelerator.gather_for_metrics(mine, use_gather_object=True)
-    video_ids, captions, references = (list(column) for column in zip(*rows)) if rows else ([], [], [])
-    return dict(video_ids=video_ids, captions=captions, references=references)
-
-
-@torch.no_grad()
-def caption_batch(model, batch: dict, accelerator: Accelerator, cfg: Settings) -> list[str]:
-    """One caption per video of a collated batch, decoded with the run's generation settings."""
-    inner = accelerator.unwrap_model(model)
-    keys = batch_keys(inner)
-    prompts = batch[keys["prompts"]] if "prompts" in keys else None
-    with accelerator.autocast():
-        return inner.generate(batch["pixel_values"].to(accelerator.device), prompts=prompts,
-                              num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
-                              no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-                              repetition_penalty=cfg.repetition_penalty)
-
-
-@torch.no_grad()
-def predict_batch(model, batch: dict, accelerator: Accelerator, cfg: Settings):
-    """What the model is used for at inference, on one collated batch: class logits [B, num_classes] for a
-    classifier (labels not passed), captions for a captioner. Timed for the latency / throughput report."""
-    if not is_classifier(model):
-        return caption_batch(model, batch, accelerator, cfg)
-    inputs = model_inputs(model, batch, accelerator.device)
-    inputs["labels"] = None
-    with accelerator.autocast():
-        return model(**inputs).logits
-
-
-def caption_report(generated: dict) -> dict:
-    """pycocoevalcap metrics of generated captions against the references (videos without one are skipped)."""
-    from caption_metrics import caption_scores
-    pairs = [(v, c, r) for v, c, r in zip(generated["video_ids"], generated["captions"], generated["references"]) if r]
-    if not pairs:
-        return dict(metrics=None, notes=["no reference captions: metrics not computed"])
-    scores = caption_scores({v: [r] for v, _, r in pairs}, {v: c for v, c, _ in pairs})
-    empty = sum(1 for c in generated["captions"] if not c.strip())
-    return dict(metrics=scores, num_scored=len(pairs), empty_captions=empty)
 
 
 def all_finite(loss: torch.Tensor, accelerator: Accelerator) -> bool:
@@ -319,11 +145,10 @@ class Progress:
     seen: int = 0
     skipped: int = 0  # batches skipped for a non-finite loss (--nan_policy skip), whole run
 
-    def count(self, out, batch: dict, classifier: bool) -> None:
+    def count(self, out, batch: dict, task: Task) -> None:
         n = len(batch["pixel_values"])
         self.loss_sum += out.loss.item() * n
-        if classifier:
-            self.correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+        self.correct += task.train_correct(out, batch)
         self.seen += n
 
     def next_epoch(self) -> None:
@@ -395,20 +220,6 @@ class StopOnSignal:
                                    f"with --resume_from_checkpoint latest --run_name {run_name}", signum)
 
 
-@contextlib.contextmanager
-def deterministic_algorithms(enabled: bool):
-    """torch.use_deterministic_algorithms for the block (restored after: it is process-wide)."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
-        torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-
-
 @dataclass
 class TrainResult:
     run_dir: str
@@ -430,6 +241,7 @@ class Loop:
     run_dir: str
     run_config: dict
     write_assets: object
+    task: Task
 
     @property
     def metrics_log(self) -> str:
@@ -443,7 +255,6 @@ def planned_steps(cfg: Settings, batches_per_epoch: int) -> int:
 
 
 def prepare_training(cfg: Settings, built, data, run_dir: str, run_config: dict, accelerator: Accelerator) -> Loop:
-    from VLoader import make_loader
     train_loader = accelerator.prepare(make_loader(data.train, cfg.batch_size, True, cfg.num_workers, cfg.seed))
     val_loader = accelerator.prepare(make_loader(data.val, cfg.batch_size, False, cfg.num_workers, cfg.seed)) \
         if data.val else None
@@ -453,7 +264,7 @@ def prepare_training(cfg: Settings, built, data, run_dir: str, run_config: dict,
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer, scheduler = accelerator.prepare(built.model, optimizer, scheduler)
     return Loop(cfg, accelerator, model, optimizer, scheduler, train_loader, val_loader, run_dir, run_config,
-                built.write_assets)
+                built.write_assets, built.task)
 
 
 def train(cfg: Settings, built, data, run_dir: str, run_config: dict,
@@ -466,7 +277,7 @@ def train(cfg: Settings, built, data, run_dir: str, run_config: dict,
     progress = restore_training(loop, resume_from) if resume_from else Progress()
     if accelerator.is_main_process:
         remove_stale_temp(run_dir)
-        _rewrite_jsonl(loop.metrics_log, progress.history)  # a resumed run continues the checkpoint's history
+        write_jsonl(loop.metrics_log, progress.history)  # a resumed run continues the checkpoint's history
     with StopOnSignal(accelerator) as stop, deterministic_algorithms(cfg.deterministic):
         while progress.epoch < cfg.epochs and not (cfg.max_steps and progress.step >= cfg.max_steps):
             t0 = time.time()
@@ -485,7 +296,6 @@ def train_epoch(loop: Loop, progress: Progress, stop: StopOnSignal) -> None:
     model.train()
     loop.train_loader.set_epoch(progress.epoch)
     loader = skip_first_batches(loop.train_loader, progress.batch) if progress.batch else loop.train_loader
-    classifier = is_classifier(model)
     show = progress_enabled(cfg) and accelerator.is_main_process
     bar = tqdm(loader, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
                initial=progress.batch, total=len(loop.train_loader))
@@ -494,7 +304,7 @@ def train_epoch(loop: Loop, progress: Progress, stop: StopOnSignal) -> None:
         out, finite = forward_backward(model, batch, accelerator, skip_nonfinite=cfg.nan_policy == "skip")
         progress.batch += 1
         if finite:
-            progress.count(out, batch, classifier)
+            progress.count(out, batch, loop.task)
         elif cfg.nan_policy == "stop":
             raise nonfinite_stop(loop, progress, out.loss)
         else:
@@ -505,8 +315,8 @@ def train_epoch(loop: Loop, progress: Progress, stop: StopOnSignal) -> None:
         optimizer_step(model, loop.optimizer, loop.scheduler, accelerator, cfg.max_grad_norm, window_has_grad)
         window_has_grad = False
         progress.step += 1
-        bar.set_postfix(loss=f"{progress.loss_sum / max(progress.seen, 1):.3f}",
-                        acc=f"{progress.correct / max(progress.seen, 1):.3f}")
+        bar.set_postfix({k.removeprefix("train_"): f"{v:.3f}" for k, v in
+                         loop.task.epoch_record(progress.loss_sum, progress.correct, progress.seen).items()})
         if progress.batch == len(loop.train_loader) or (cfg.max_steps and progress.step >= cfg.max_steps):
             return  # end_epoch saves this state
         if stop.requested():
@@ -528,27 +338,19 @@ def end_epoch(loop: Loop, progress: Progress, seconds: float) -> str:
     checkpoint. Returns the checkpoint folder."""
     cfg, accelerator = loop.cfg, loop.accelerator
     loss_sum, correct, seen = accelerator.reduce(progress.sums(accelerator.device), "sum")[0].tolist()
-    record = dict(epoch=progress.epoch + 1, step=progress.step, train_loss=loss_sum / max(seen, 1),
+    record = dict(epoch=progress.epoch + 1, step=progress.step, **loop.task.epoch_record(loss_sum, correct, seen),
                   lr=loop.scheduler.get_last_lr()[0], epoch_seconds=round(seconds, 2))
-    classifier = is_classifier(loop.model)
-    if classifier:
-        record["train_top1"] = correct / max(seen, 1)
     if cfg.nan_policy == "skip":
         record["skipped_batches"] = progress.skipped
     if loop.val_loader is not None:
-        val = evaluate(loop.model, loop.val_loader, accelerator, "val", progress_enabled(cfg) and
-                       accelerator.is_main_process)
-        record["val_loss"] = val["loss"]
-        if classifier:
-            record.update(val_top1=val["top1"], val_top5=val["top5"])
-    # checkpoint score: validation top-1 for classifiers, minus the (validation) loss for captioners
-    score = record.get("val_top1", record.get("train_top1")) if classifier else \
-        -record.get("val_loss", record["train_loss"])
+        record.update(loop.task.validate(loop.model, loop.val_loader, accelerator,
+                                         progress_enabled(cfg) and accelerator.is_main_process))
+    score = loop.task.score(record)  # the task's judgement: validation top-1, minus the validation loss, ...
     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=progress.step)  # --report_to trackers
     progress.history.append(record)
     progress.next_epoch()
     if accelerator.is_main_process:
-        _log_jsonl(loop.metrics_log, record)
+        write_jsonl(loop.metrics_log, progress.history)
         print(_epoch_line(record, cfg.epochs), flush=True)
     weights = accelerator.get_state_dict(loop.model)
     if score > progress.best_score:  # best/ first: a crash before the resumable save redoes this epoch
@@ -634,18 +436,11 @@ def resume_differences(cfg: Settings, saved_config: dict, state: dict, class_nam
     return diffs
 
 
-def _log_jsonl(path: str, record: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-
-def _rewrite_jsonl(path: str, records: list) -> None:
-    """metrics.jsonl = exactly these records (a resume from an older checkpoint drops the later epochs)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+def write_jsonl(path: str, records: list) -> None:
+    """metrics.jsonl = exactly these records, one JSON line each (rewritten whole and atomically every epoch; a
+    resume from an older checkpoint drops the later epochs)."""
     if records or os.path.exists(path):
-        with open(f"{path}.tmp", "w") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in records)
-        os.replace(f"{path}.tmp", path)
+        write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _epoch_line(r: dict, epochs: int) -> str:
@@ -661,24 +456,99 @@ def _epoch_line(r: dict, epochs: int) -> str:
     return line + f" | lr {r['lr']:.2e} | {r['epoch_seconds']:.1f}s"
 
 
-def classification_report(preds: torch.Tensor, labels: torch.Tensor, class_names: list,
-                          reversal_pairs: Optional[dict] = None) -> dict:
-    """Per-class accuracy, mean class accuracy, confusion matrix [true][pred]; with time-reversal pairs also
-    ``family_accuracy`` (right pair) and ``direction_accuracy`` (right class, among samples in the right pair)."""
-    num = len(class_names)
-    keep = labels >= 0
-    preds, labels = preds[keep], labels[keep]
-    confusion = torch.zeros(num, num, dtype=torch.long)
-    confusion.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
-    support = confusion.sum(1)
-    per_class = {class_names[c]: (confusion[c, c].item() / support[c].item()) if support[c] else None
-                 for c in range(num)}
-    valid = [v for v in per_class.values() if v is not None]
-    report = dict(per_class_accuracy=per_class, mean_class_accuracy=sum(valid) / max(len(valid), 1),
-                  confusion_matrix=confusion.tolist())
-    if reversal_pairs:
-        twin = torch.tensor([int(reversal_pairs.get(str(c), reversal_pairs.get(c, c))) for c in range(num)])
-        in_pair = (preds == labels) | (preds == twin[labels])
-        report["family_accuracy"] = in_pair.float().mean().item() if len(labels) else None
-        report["direction_accuracy"] = ((preds == labels) & in_pair).sum().item() / max(int(in_pair.sum()), 1)
+# ----------------------------------------------------------------------------------------------------------------
+# trackers
+# ----------------------------------------------------------------------------------------------------------------
+def make_run_accelerator(cfg: Settings, run_dir: str, find_unused_parameters: bool = False) -> Accelerator:
+    """The run's Accelerator, with the --report_to tracker writing under the run folder."""
+    log_with = None if cfg.report_to == "none" else cfg.report_to
+    return make_accelerator(cfg, log_with=log_with, logging_dir=run_dir if log_with else None,
+                            find_unused_parameters=find_unused_parameters)
+
+
+def start_trackers(accelerator: Accelerator, cfg: Settings, run_name: str, run_dir: str) -> None:
+    if cfg.report_to == "none":
+        return
+    config = {k: "none" if v is None else v for k, v in cfg.to_dict().items()}  # TensorBoard hparams refuse None
+    accelerator.init_trackers(TRACKER_PROJECT[cfg.report_to], config=config,
+                              init_kwargs={"wandb": {"name": run_name, "dir": run_dir}})
+
+
+def tracker_scalars(report: dict) -> dict[str, float]:
+    """The report's headline numbers, as ``test/<name>`` scalars for TensorBoard / W&B."""
+    values = {k: report.get(k) for k in ("top1", "top5", "mean_class_accuracy", "loss")}
+    values.update(report.get("metrics") or {})
+    values.update(latency_ms_per_clip=report["latency"].get("ms_per_clip"),
+                  throughput_clips_per_s=report["throughput"].get("clips_per_s"))
+    return {f"test/{k}": float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the test report
+# ----------------------------------------------------------------------------------------------------------------
+def test_and_report(cfg: Settings, built, test_set, class_names: list, run_dir: str, run: dict,
+                    accelerator: Accelerator, memory_from_start: bool, reversal_pairs: Optional[dict] = None) -> dict:
+    """The task's test + speed + memory + environment -> <run_dir>/eval.json, a summary.csv row, plots, trackers.
+
+    ``run``: what was evaluated (mode, checkpoint, checkpoint_epoch, train_seconds, history, skipped_in_training).
+    Test videos that cannot be read are left out of every metric and listed under ``bad_videos``; the report is
+    still written, then IncompleteResult (exit code 3) says so.
+    """
+    task, info = built.task, built.info
+    model = built.model.to(accelerator.device).eval()
+    plain = make_loader(test_set, cfg.batch_size, False, cfg.num_workers, cfg.seed)
+    loader = accelerator.prepare(plain)  # sharded over the processes; evaluation gathers every clip once
+    views = view_protocol(cfg.test_clips, cfg.test_crops, cfg.sampling, cfg.num_frames, cfg.frame_stride)
+    test = TestRun(cfg, model, test_set, loader, accelerator, class_names, run_dir, reversal_pairs,
+                   progress_enabled(cfg) and accelerator.is_main_process)
+    t0 = time.time()
+    result = task.test(test)
+    views.update(result.views)
+    eval_seconds = time.time() - t0
+    speed = measure_speed(lambda batch: task.predict(model, batch, accelerator, cfg), next(iter(plain)),
+                          accelerator.device, cfg.speed_repeats)
+    history = run["history"]
+    bad = dict(test=test_set.bad_videos(), skipped_in_training=run["skipped_in_training"])
+    report = dict(
+        run_dir=run_dir, mode=run["mode"], task=task.name, split="test", checkpoint=run["checkpoint"],
+        finished=timestamp(), **result.headline, views=views, bad_videos=bad, params_total=info["params_total"],
+        params_trainable=info["params_trainable"], **speed, peak_memory=peak_memory(accelerator.device,
+                                                                                    memory_from_start),
+        checkpoint_epoch=run["checkpoint_epoch"], train_seconds=run["train_seconds"],
+        eval_seconds=round(eval_seconds, 2), fusion=info.get("fusion", "none"), pretrained=info["pretrained"],
+        weights_source=info["weights_source"], hf_hub_offline=hub_offline_mode(),
+        **{k: info[k] for k in ("language_model", "language_model_source", "language_model_pretrained",
+                                "text_encoder") if k in info},
+        **result.details, history=history, settings=cfg.to_dict(), environment=environment_info(accelerator.device))
+    if accelerator.is_main_process:
+        report.update(task.finish(test, report))
+        write_report(cfg, report, run_dir, result.line)
+        plots = task.plots(test, report)
+        table = f" | results table: {cfg.summary_csv}" if cfg.summary_csv else ""
+        print(f"evaluation: {os.path.join(run_dir, 'eval.json')} | plots: "
+              f"{', '.join(os.path.basename(p) for p in plots)} in {os.path.join(run_dir, 'plots')}{table}")
+    accelerator.log(tracker_scalars(report), step=history[-1]["step"] if history else 0)
+    accelerator.end_training()
+    if bad["test"]:
+        raise IncompleteResult(f"{len(bad['test'])} test video(s) could not be read and are not in the metrics: "
+                               f"{', '.join(b['video'] for b in bad['test'][:5])}"
+                               f"{' ...' if len(bad['test']) > 5 else ''} (all listed with the reason under "
+                               f"bad_videos in {os.path.join(run_dir, 'eval.json')})", report)
     return report
+
+
+def write_report(cfg: Settings, report: dict, run_dir: str, line: str) -> None:
+    """eval.json, the results-table row, and the headline printed."""
+    write_json(os.path.join(run_dir, "eval.json"), report)
+    if cfg.summary_csv:
+        append_summary_row(cfg.summary_csv, summary_row(report))
+    print(line)
+    latency, memory = report["latency"], report["peak_memory"]
+    if latency.get("ms_per_clip") is not None:
+        print(f"speed: {latency['ms_per_clip']:.1f} ms per clip (batch 1) | "
+              f"{report['throughput']['clips_per_s']:.1f} clips/s (batch {report['throughput']['batch_size']}) | "
+              f"peak RSS {memory['cpu_peak_rss_mib']:.0f} MiB")
+    if not report["pretrained"]:
+        print("note: the backbone started from RANDOM weights (\"pretrained\": false in eval.json)")
+    if report.get("language_model_pretrained") is False:
+        print("note: the language model started from RANDOM weights (\"language_model_pretrained\": false)")

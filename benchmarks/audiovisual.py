@@ -19,7 +19,7 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from measure import run_and_record  # noqa: E402
+from videolab.evaluation.measure import run_and_record  # noqa: E402
 
 COMMON = ["--dataset", "synthetic_av", "--vision_model", "videomae", "--model_size", "tiny", "--num_frames", "8",
           "--image_size", "32", "--audio_seconds", "1.0", "--fusion_dim", "64", "--audio_dim", "64", "--batch_size",

@@ -25,9 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from checkpointing import write_json_atomic  # noqa: E402
-from measure import median_time  # noqa: E402
-from captioning import VideoCaptioner, tiny_gpt2_config, train_caption_tokenizer  # noqa: E402
+from videolab.core.files import write_json  # noqa: E402
+from videolab.evaluation.measure import median_time  # noqa: E402
+from videolab.models.captioner import VideoCaptioner, tiny_gpt2_config, train_caption_tokenizer  # noqa: E402
 
 CAPTION_WORDS = ["a", "the", "red", "blue", "green", "small", "big", "square", "circle", "star", "moves", "left",
                  "right", "up", "down", "rotates", "clockwise", "grows", "shrinks", "slowly", "quickly", "then"]
@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
               f"generate {r['direct_ms']:.1f} ms ({r['direct_captions_per_s']:.1f} captions/s) | ratio "
               f"{r['ratio']:.3f} | of which prepare_generation_inputs {r['prepare_ms']:.2f} ms", flush=True)
     if args.json:
-        write_json_atomic(args.json, results)
+        write_json(args.json, results)
     return results
 
 

@@ -44,12 +44,14 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from measure import median_time  # noqa: E402
-from checkpointing import write_json_atomic  # noqa: E402
-from video_datasets import VideoFileDataset, VideoItem  # noqa: E402
-from video_io import (INTERPOLATION, FrameCache, decode_all_frames, probe_video, resized_shape,  # noqa: E402
+from videolab.evaluation.measure import median_time  # noqa: E402
+from videolab.core.files import write_json  # noqa: E402
+from videolab.data.videos import VideoFileDataset, VideoItem  # noqa: E402
+from videolab.data.video_io import (INTERPOLATION, FrameCache, decode_all_frames, probe_video, resized_shape,  # noqa: E402
                       write_video)
-from VLoader import ClipSpec, collate, eval_views, sample_frame_indices  # noqa: E402
+from videolab.data.clips import collate  # noqa: E402
+from videolab.data.sampling import ClipSpec, sample_frame_indices  # noqa: E402
+from videolab.data.transforms import eval_views  # noqa: E402
 
 WIDTH, HEIGHT, FPS = 320, 240, 25
 FORMATS = {"avi": ("mpeg4", {"b": "1M"}), "mp4": ("libx264", {"g": "50", "crf": "23"})}  # ~UCF101 / phone bit rates
@@ -273,7 +275,7 @@ def main(argv=None) -> dict:
                   f"{row['cache_mib']:.0f} MiB on disk", flush=True)
     print(f"index (probe) per video: {results['index_ms_per_video']:.2f} ms, once per dataset")
     if args.json:
-        write_json_atomic(args.json, results)
+        write_json(args.json, results)
     return results
 
 

@@ -31,9 +31,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from checkpointing import write_json_atomic  # noqa: E402
-from measure import current_rss_bytes, reset_peak_rss, vm_hwm_bytes  # noqa: E402
-from fusion import Mamba2Fusion, MambaFusion, TransformerFusion  # noqa: E402
+from videolab.core.files import write_json  # noqa: E402
+from videolab.evaluation.measure import current_rss_bytes, reset_peak_rss, vm_hwm_bytes  # noqa: E402
+from videolab.models.fusion import Mamba2Fusion, MambaFusion, TransformerFusion  # noqa: E402
 
 BATCH, WIDTH, DEPTH, D_STATE, EXPAND, HEAD_DIM = 4, 256, 2, 16, 2, 64
 
@@ -165,7 +165,7 @@ def main() -> None:
     for line in summary["lines"]:
         print(line)
     if args.json:
-        write_json_atomic(args.json, dict(torch=torch.__version__, threads=torch.get_num_threads(), batch=BATCH,
+        write_json(args.json, dict(torch=torch.__version__, threads=torch.get_num_threads(), batch=BATCH,
                                           width=WIDTH, depth=DEPTH, d_state=D_STATE, expand=EXPAND, rows=rows,
                                           summary=summary["ratios"]))
 

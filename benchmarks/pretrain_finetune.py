@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from checkpointing import write_json_atomic  # noqa: E402
+from videolab.core.files import write_json  # noqa: E402
 PRETRAIN_RUN = "pretrain-mvm"
 VARIANTS = {  # name -> extra fine-tuning flags (the backbone folder is filled in)
     "scratch": [],
@@ -94,7 +94,7 @@ def report(opts) -> dict:
             epochs=len(pre["history"]), test_reconstruction_mse=pre["mvm_loss"], mask=pre.get("mask"),
             train_seconds=pre["train_seconds"], train_loss=[r["train_loss"] for r in pre["history"]]),
         runs=runs, median_top1={name: statistics.median(r["top1"] for r in rows) for name, rows in runs.items()})
-    write_json_atomic(opts.json, result)
+    write_json(opts.json, result)
     for name, rows in runs.items():
         print(f"{name:16s} test top-1 " + ", ".join(f"{100 * r['top1']:.1f}%" for r in rows) +
               f" | median {100 * result['median_top1'][name]:.1f}%")

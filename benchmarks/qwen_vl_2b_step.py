@@ -26,9 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from checkpointing import write_json_atomic  # noqa: E402
-from qwen_vl import QwenVLCaptioner, make_processor, prepare_for_training, train_qwen_tokenizer  # noqa: E402
-from settings import Settings  # noqa: E402
+from videolab.core.files import write_json  # noqa: E402
+from videolab.models.qwen_vl import QwenVLCaptioner, make_processor, prepare_for_training, train_qwen_tokenizer  # noqa: E402
+from videolab.core.settings import Settings  # noqa: E402
 
 SIZES = {
     "2b": dict(text=dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
                   step_seconds_median=round(statistics.median(times), 3), **peak)
     print(json.dumps(result, indent=1))
     if args.json:
-        write_json_atomic(args.json, result)
+        write_json(args.json, result)
     return result
 
 

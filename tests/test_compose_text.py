@@ -5,9 +5,12 @@ import os
 import pytest
 import torch
 
-import compose
 from build_model import build_model, rebuild_from_checkpoint
-from settings import UsageError, resolve, run_cli, settings_from_dict
+from conftest import resolve
+from videolab.cli import run_cli
+from videolab.core.errors import UsageError
+from videolab.core.settings import settings_from_dict
+from videolab.export.huggingface import load_composed, save_composed
 from test_compose import TINY, assert_yaml_equals_flags, av_root, batch, build  # noqa: F401 (av_root: a fixture)
 
 FUSIONS = ["concat", "transformer", "mamba", "mamba2", "bottleneck"]
@@ -110,10 +113,10 @@ def test_lora_adapters_are_the_only_trainable_encoder_weights_and_round_trip(tin
         expected = model(**inputs).logits
     # Hugging Face export: save_pretrained of model + tokenizer (+ video processor), from_pretrained back
     folder = str(tmp_path / "export")
-    written = compose.save_composed(model, [f"c{i}" for i in range(8)], folder)
+    written = save_composed(model, [f"c{i}" for i in range(8)], folder)
     assert {"config.json", "model.safetensors", "tokenizer_config.json", "video_preprocessor_config.json"} <= set(
         written)
-    loaded, processors = compose.load_composed(folder)
+    loaded, processors = load_composed(folder)
     assert processors["tokenizer"] is not None and loaded.config.text_arch["hidden_size"] == 32
     # a run's checkpoint: weights + tokenizer/ (BuiltModel.write_assets), rebuilt from its run config
     checkpoint = str(tmp_path / "checkpoint")

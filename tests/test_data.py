@@ -7,8 +7,11 @@ import pytest
 import torch
 
 import dummy_data
-from VLoader import (FrameFolderDataset, SyntheticVideoDataset, find_frame_folders, natural_key,
-                     preprocess_video, sample_frame_indices, stratified_split)
+from videolab.data.clips import natural_key, stratified_split
+from videolab.data.frames import FrameFolderDataset, find_frame_folders
+from videolab.data.sampling import sample_frame_indices
+from videolab.data.synthetic import SyntheticVideoDataset
+from videolab.data.transforms import preprocess_video
 
 
 def digest(root):
@@ -52,7 +55,7 @@ def test_synthetic_clips_are_read_once_and_kept_unchanged(tiny_dataset, monkeypa
     assert not reads and raw.abs().sum() > 0
     assert torch.equal(ds.load_raw(3), real_load(os.path.join(tiny_dataset, "train", ds.records[3]["path"]),
                                                  weights_only=True))
-    monkeypatch.setattr("VLoader.SYNTHETIC_CACHE_BYTES", 0)  # a split over the budget is read from disk each time
+    monkeypatch.setattr("videolab.data.synthetic.SYNTHETIC_CACHE_BYTES", 0)  # a split over the budget is read from disk each time
     fresh = SyntheticVideoDataset(tiny_dataset, "train", 4, 32, (0.5,) * 3, (0.25,) * 3)
     fresh.load_raw(0), fresh.load_raw(0)
     assert len(reads) == 2 and not fresh._cache and first.shape == (4, 3, 32, 32)

@@ -16,9 +16,9 @@ import demo
 import dummy_data
 import inference
 import main as train_main
-from conftest import ROOT, TINY_FLAGS
-from settings import resolve, run_cli
-from video_io import decode_all_frames, write_video
+from conftest import ROOT, TINY_FLAGS, resolve as checked_settings
+from videolab.cli import resolve, run_cli
+from videolab.data.video_io import decode_all_frames, write_video
 
 LIMITS = demo.Limits(max_bytes=2_000_000, max_seconds=60.0)
 
@@ -34,7 +34,7 @@ def checkpoint(tiny_dataset, tmp_path_factory):
 
 
 def load(argv):
-    cli, explicit, ns = resolve(argv, "demo.py", "", extra=demo.demo_flags, check=False)
+    cli, explicit, ns = resolve(argv, "demo.py", "", extra=demo.demo_flags)
     return demo.load_demo_model(cli, explicit), demo.limits_from_flags(ns)
 
 
@@ -213,7 +213,7 @@ def server(checkpoint, tmp_path):
     port, log = free_port(), str(tmp_path / "server.log")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
     with open(log, "w") as fh:
-        process = subprocess.Popen([sys.executable, os.path.join(ROOT, "demo.py"), "--checkpoint", checkpoint,
+        process = subprocess.Popen([sys.executable, os.path.join(ROOT, "apps", "demo.py"), "--checkpoint", checkpoint,
                                     "--port", str(port), "--max_upload_mb", "2"], cwd=str(tmp_path), env=env,
                                    stdout=fh, stderr=subprocess.STDOUT)
     try:
@@ -269,13 +269,13 @@ def untrained_vlm(tiny_dataset, folder, flags):
     """A checkpoint folder of an untrained vision + language model (random weights; what matters here is the path
     from the folder to the page), written as main.py writes one."""
     from build_model import build_model
-    from checkpointing import save_checkpoint
-    from VLoader import read_annotations, read_class_names
-    cfg, _, _ = resolve(["--data_root", tiny_dataset, *TINY_FLAGS, "--use_vlm", "True", "--use_text", "True", *flags],
-                        "main.py", "")
+    from videolab.core.checkpoints import save_checkpoint
+    from videolab.data.synthetic import read_annotations, read_class_names
+    cfg, _, _ = checked_settings(["--data_root", tiny_dataset, *TINY_FLAGS, "--use_vlm", "True", "--use_text", "True",
+                                  *flags], "main.py", "")
     class_names = read_class_names(tiny_dataset)
     built = build_model(cfg, len(class_names), verbose=False,
-                        caption_texts=[r["caption"] for r in read_annotations(tiny_dataset, "train")])
+                        texts=[r["caption"] for r in read_annotations(tiny_dataset, "train")])
     run_config = dict(settings=cfg.to_dict(), model_info=built.info, class_names=class_names)
     return save_checkpoint(str(folder), built.model.state_dict(), run_config, write_assets=built.write_assets)
 

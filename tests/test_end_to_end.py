@@ -9,9 +9,10 @@ import create_dummy
 import inference
 import main as train_main
 from build_model import build_model
-from checkpointing import load_training_state, load_weights, read_run_config, save_checkpoint
+from videolab.core.checkpoints import load_training_state, load_weights, read_run_config, save_checkpoint
 from conftest import TINY_FLAGS
-from settings import UsageError, settings_from_dict
+from videolab.core.errors import UsageError
+from videolab.core.settings import settings_from_dict
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification,
 import main as train_main
 from build_model import build_model
 from conftest import TINY_FLAGS
-from hf_export import (ADAPTER_DIR, VideoClassifierForVideoClassification, export_pretrained, load_exported,
-                       register_auto_classes)
-from settings import Settings, UsageError
-from VLoader import preprocess_video
+from videolab.export.huggingface import ADAPTER_DIR, export_pretrained, load_exported
+from videolab.models.hf import VideoClassifierForVideoClassification, register_auto_classes
+from videolab.core.errors import UsageError
+from videolab.core.settings import Settings
+from videolab.data.transforms import preprocess_video
 
 FRAMES, SIZE = 4, 32
 CLASSES = ["move_right", "move_left", "grow", "shrink", "spin"]  # 5: odd, so swapped dimensions fail loudly
@@ -108,7 +109,7 @@ def test_export_dir_from_the_cli_after_lora_training(tiny_dataset, tmp_path):
     model, processor = load_exported(str(export))
     assert model.config.id2label[0] == "move_right" and processor.crop_size.height == SIZE
     from build_model import rebuild_from_checkpoint
-    from checkpointing import read_run_config
+    from videolab.core.checkpoints import read_run_config
     best = str(tmp_path / "lora" / "best")
     config = read_run_config(best)
     trained = rebuild_from_checkpoint(tiny(use_lora_vision=True), config, best).model

@@ -2,10 +2,12 @@
 import pytest
 import torch
 
-from build_model import (VISION_BACKBONES, build_model, check_vision_model, count_parameters,
-                         vision_model_choices)
-from fusion import FUSION_LAYERS, TemporalFusionEncoder
-from settings import Settings, UsageError
+from build_model import build_model
+from videolab.models.adapt import count_parameters
+from videolab.models.classifier import TemporalFusionEncoder
+from videolab.models.registry import BACKBONES, FUSIONS, check_vision_model
+from videolab.core.errors import UsageError
+from videolab.core.settings import Settings
 
 FRAMES, SIZE, CLASSES = 4, 32, 5  # odd sizes so swapped dimensions fail loudly
 
@@ -22,7 +24,7 @@ def batch(b=3):
     return torch.randn(b, FRAMES, 3, SIZE, SIZE), torch.tensor([0, 3, 4][:b])
 
 
-@pytest.mark.parametrize("name", vision_model_choices() + ["resnet18"])
+@pytest.mark.parametrize("name", BACKBONES.names() + ["resnet18"])
 def test_every_backbone_forward_backward(name):
     cfg = tiny(vision_model=name, model_size="base" if name == "resnet18" else "tiny")
     built = build_model(cfg, CLASSES, verbose=False)
@@ -35,7 +37,7 @@ def test_every_backbone_forward_backward(name):
     assert built.info["pretrained"] is False
 
 
-@pytest.mark.parametrize("fusion", sorted(FUSION_LAYERS))
+@pytest.mark.parametrize("fusion", sorted(FUSIONS.where(temporal=True)))
 def test_every_fusion_layer(fusion):
     built = build_model(tiny(vision_model="vit_small_patch16_224", fusion=fusion), CLASSES, verbose=False)
     x, y = batch()
@@ -129,7 +131,7 @@ def test_base_presets_are_the_published_architectures():
         mae = VideoMAEModel(VideoMAEConfig())
     assert round(sum(p.numel() for p in tsf.parameters()) / 1e6) == 121
     assert round(sum(p.numel() for p in mae.parameters()) / 1e6) == 86
-    from build_model import HF_PRESETS
+    from videolab.models.backbones import HF_PRESETS
     assert HF_PRESETS["base"] == {}
 
 
@@ -137,7 +139,7 @@ def test_unknown_model_name_lists_choices():
     with pytest.raises(UsageError, match="choose one of timesformer, videomae"):
         check_vision_model("not_a_model_anywhere")
     check_vision_model("resnet18")  # any timm name is accepted
-    assert set(VISION_BACKBONES) >= {"timesformer", "videomae", "swin_tiny_patch4_window7_224",
+    assert set(BACKBONES) >= {"timesformer", "videomae", "swin_tiny_patch4_window7_224",
                                      "vit_small_patch16_224"}
 
 

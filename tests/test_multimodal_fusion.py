@@ -2,14 +2,15 @@
 import pytest
 import torch
 
-from fusion import FUSION_LAYERS, BottleneckFusion
+from videolab.models.fusion import BottleneckFusion
+from videolab.models.registry import FUSIONS
 
 DIM = 32
 
 
 def _layer(name: str, num_modalities: int = 1):
     torch.manual_seed(0)
-    return FUSION_LAYERS[name](dim=DIM, depth=3, n_heads=4, dropout=0.0, d_state=4, bottleneck_tokens=3,
+    return FUSIONS.get(name)(dim=DIM, depth=3, n_heads=4, dropout=0.0, d_state=4, bottleneck_tokens=3,
                                bottleneck_layer=1, num_modalities=num_modalities).eval()
 
 
@@ -20,7 +21,7 @@ def _pad(x: torch.Tensor, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([x, noise], 1), mask
 
 
-@pytest.mark.parametrize("name", sorted(FUSION_LAYERS))
+@pytest.mark.parametrize("name", sorted(FUSIONS.where(temporal=True)))
 def test_padding_changes_nothing(name):
     layer = _layer(name)
     x = torch.randn(2, 6, DIM)

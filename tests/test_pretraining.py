@@ -1,4 +1,4 @@
-"""Self-supervised pretraining (pretraining.py): masks exact and seeded, the reconstruction loss on hidden tokens
+"""Self-supervised pretraining (models/pretrainer.py, tasks/pretraining.py): masks exact and seeded, the reconstruction loss on hidden tokens
 only, the loss falling on a tiny run, the contrastive loss, retrieval recall, label budgets, and the exported
 backbone loading back through --pretrained (LoRA too)."""
 import json
@@ -12,10 +12,14 @@ from transformers import VideoMAEConfig, VideoMAEForPreTraining
 import main as train_main
 from build_model import build_model
 from conftest import TINY_FLAGS
-from pretraining import (VideoPretrainer, clip_loss, frame_differences, frame_mask, make_mask, num_masked, patchify, random_mask,
-                         reconstruction_targets, retrieval_recall, to_unit_range, token_grid, tube_mask, unpatchify)
-from settings import Settings, UsageError, run_cli
-from VLoader import build_datasets, label_budget
+from videolab.models.pretrainer import (VideoPretrainer, clip_loss, frame_differences, frame_mask, make_mask,
+                                        num_masked, patchify, random_mask, reconstruction_targets, retrieval_recall,
+                                        to_unit_range, token_grid, tube_mask, unpatchify)
+from videolab.cli import run_cli
+from videolab.core.errors import UsageError
+from videolab.core.settings import Settings
+from VLoader import build_datasets
+from videolab.data.clips import label_budget
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # what VideoMAEForPreTraining un-normalises with
 
@@ -203,7 +207,7 @@ def test_pretrain_export_then_finetune_from_it_with_and_without_lora(tiny_datase
     plots = os.listdir(tmp_path / "runs" / "pre" / "plots")
     assert {"pretraining_curves.png", "reconstruction.png"} <= set(plots)
 
-    from checkpointing import load_weights
+    from videolab.core.checkpoints import load_weights
     prefix = "mae.videomae."  # the pretrained encoder inside the run's best checkpoint
     trained = {k[len(prefix):]: v for k, v in load_weights(str(tmp_path / "runs" / "pre" / "best")).items()
                if k.startswith(prefix)}
@@ -238,12 +242,12 @@ def test_pretraining_misuse_is_a_usage_error(in_tmp, argv, needle, capsys):
 
 
 def test_a_mask_ratio_that_hides_every_patch_is_a_usage_error():
-    from pretraining import build_pretrainer
+    from build_model import build_model
     with pytest.raises(UsageError, match="hides 16 of 16 patches per frame"):  # tube: round(0.98 * 16) = 16
-        build_pretrainer(Settings(task="pretrain", model_size="tiny", mask_ratio=0.98), verbose=False)
+        build_model(Settings(task="pretrain", model_size="tiny", mask_ratio=0.98), 8, verbose=False)
     with pytest.raises(UsageError, match="--mask_type frame: .* hides 4 of 4 time slots"):  # 8 frames / tubelet 2
-        build_pretrainer(Settings(task="pretrain", model_size="tiny", mask_type="frame", mask_ratio=0.9),
-                         verbose=False)
+        build_model(Settings(task="pretrain", model_size="tiny", mask_type="frame", mask_ratio=0.9), 8,
+                    verbose=False)
 
 
 def test_pretraining_resumes_bit_identical_mid_epoch(tiny_dataset, tmp_path):

@@ -5,10 +5,11 @@ import os
 import pytest
 import torch
 
-from captioning import IGNORE_INDEX
-from qwen_vl import (DEFAULT_QUESTION, IM_END, VIDEO_PAD, QwenVLCaptioner, check_video_tokens,
-                     expected_video_tokens, make_processor, prompt_text, tiny_qwen2_vl_config, train_qwen_tokenizer)
-from settings import Settings
+from videolab.models.captioner import IGNORE_INDEX
+from videolab.models.qwen_vl import (DEFAULT_QUESTION, IM_END, VIDEO_PAD, QwenVLCaptioner, check_video_tokens,
+                                     expected_video_tokens, make_processor, prompt_text, tiny_qwen2_vl_config,
+                                     train_qwen_tokenizer)
+from videolab.core.settings import Settings
 
 CAPTIONS = ["a red triangle moves to the right on a dark blue background",
             "a green key rotates clockwise on a black background", "a white ell shrinks on a grey background"]
@@ -22,7 +23,7 @@ def tokenizer():
 def make_model(tokenizer, seed=0, image_size=32, **cfg_kw):
     from transformers import Qwen2VLForConditionalGeneration
 
-    from qwen_vl import prepare_for_training
+    from videolab.models.qwen_vl import prepare_for_training
     torch.manual_seed(seed)
     config = tiny_qwen2_vl_config(tokenizer)
     model = Qwen2VLForConditionalGeneration(config)
@@ -180,14 +181,15 @@ TEXTS = ["the shape slides sideways", "the clip is played backwards and the shap
 
 @pytest.fixture(scope="module")
 def qwen2_encoder():
-    from language import tiny_qwen2_encoder
+    from videolab.data.synthetic import SyntheticSource
+    from videolab.models.language import tiny_qwen2_encoder
     torch.manual_seed(0)
-    model, tokenizer = tiny_qwen2_encoder()
+    model, tokenizer = tiny_qwen2_encoder(SyntheticSource.hints(None))  # the tokenizer learns the hints
     return model.eval(), tokenizer
 
 
 def test_last_token_embeddings_do_not_depend_on_padding_side_or_batch(qwen2_encoder):
-    from language import text_embeddings
+    from videolab.models.language import text_embeddings
     model, tokenizer = qwen2_encoder
     left = text_embeddings(model, tokenizer, TEXTS, padding_side="left")
     right = text_embeddings(model, tokenizer, TEXTS, padding_side="right")
@@ -229,8 +231,8 @@ def test_qwen2_text_encoder_in_the_classifier():
 def test_sft_records_in_both_formats_and_clear_errors(tmp_path):
     import json
 
-    from sft_data import read_records
-    from settings import UsageError
+    from videolab.data.qa import read_records
+    from videolab.core.errors import UsageError
     (tmp_path / "v1.pt").write_bytes(b"")
     records = [
         {"video": "v1.pt", "question": "What moves?", "answer": "a red key"},
@@ -267,7 +269,7 @@ def test_qa_json_train_then_inference_gives_identical_answers(tiny_dataset, tmp_
     import create_dummy
     import inference
     import main as train_main
-    import sft_data
+    from videolab.data import qa as sft_data
     qa = str(tmp_path / "qa")
     sft_data.write_synthetic(tiny_dataset, qa)
     out = str(tmp_path / "runs")
@@ -296,7 +298,7 @@ def test_qa_json_train_then_inference_gives_identical_answers(tiny_dataset, tmp_
 
 def test_qwen_flags_are_refused_elsewhere_in_one_line(capsys):
     import main as train_main
-    from settings import run_cli
+    from videolab.cli import run_cli
     code = run_cli(train_main.main, ["--gradient_checkpointing", "True"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "applies to Qwen2-VL" in err[0]
@@ -306,7 +308,7 @@ def test_qwen_flags_are_refused_elsewhere_in_one_line(capsys):
 
 
 def test_freezing_everything_is_refused(tokenizer):
-    from settings import UsageError
+    from videolab.core.errors import UsageError
     with pytest.raises(UsageError, match="leaves nothing to train"):
         make_model(tokenizer, use_lora_llm=False, freeze_language_model=True)
 

@@ -13,13 +13,15 @@ import pytest
 from PIL import Image
 
 import main as train_main
-import reporting
-import train_code
 import visualize_results
+from videolab.core import runtime
+from videolab.evaluation import plots
+from videolab.evaluation import reports as reporting
 from conftest import ROOT, TINY_FLAGS
-from reporting import SUMMARY_COLUMNS, append_summary_row, git_state, library_versions
-from settings import UsageError, run_cli
-from VLoader import read_annotations, read_class_names
+from videolab.evaluation.reports import SUMMARY_COLUMNS, append_summary_row, git_state, library_versions
+from videolab.cli import run_cli
+from videolab.core.errors import UsageError
+from videolab.data.synthetic import read_annotations, read_class_names
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSIFIER_PLOTS = ("training_curves.png", "confusion_matrix.png", "per_class_accuracy.png")
@@ -204,16 +206,16 @@ def test_caption_sheet_shows_frames_and_both_captions(tiny_dataset, tmp_path):
     examples = [dict(video=f"test/{r['path']}", generated=f"generated caption {i}", reference=r["caption"])
                 for i, r in enumerate(records)]
     examples[0]["video"] = "test/no_such_video.pt"  # a missing video gets a note, not a crash
-    fig = visualize_results.plot_caption_examples(examples, tiny_dataset, "run cap")
+    fig = plots.plot_caption_examples(examples, tiny_dataset, "run cap")
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
-    shown = examples[::len(examples) // visualize_results.MAX_CAPTION_EXAMPLES][:6]
-    assert len(fig.axes) == 6 * (visualize_results.FRAMES_PER_EXAMPLE + 1)
+    shown = examples[::len(examples) // plots.MAX_CAPTION_EXAMPLES][:6]
+    assert len(fig.axes) == 6 * (plots.FRAMES_PER_EXAMPLE + 1)
     for example in shown:
         assert f"generated: {example['generated']}" in texts
         assert any(t.replace("\n", " ") == f"reference: {example['reference']}" for t in texts)
     assert any(t.startswith("frames not found") for t in texts)
     images = sum(len(ax.images) for ax in fig.axes)
-    assert images == 5 * visualize_results.FRAMES_PER_EXAMPLE  # every shown video but the missing one
+    assert images == 5 * plots.FRAMES_PER_EXAMPLE  # every shown video but the missing one
     path = str(tmp_path / "captions.png")
     fig.savefig(path)
     assert_valid_png(path)
@@ -263,7 +265,7 @@ def test_eval_only_refuses_a_dataset_with_other_classes(report_run, tmp_path):
 # trackers
 # ----------------------------------------------------------------------------------------------------------------
 def test_missing_tracker_package_says_how_to_install_it(monkeypatch):
-    monkeypatch.setitem(train_code.TRACKER_INSTALLED, "wandb", lambda: False)
+    monkeypatch.setitem(runtime.TRACKER_INSTALLED, "wandb", lambda: False)
     with pytest.raises(UsageError, match="pip install wandb"):
         train_main.main(["--report_to", "wandb"])
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from VLoader import (ClipSpec, clip_indices, crop_offsets, dense_indices, eval_views, preprocess_video,
-                     segment_indices, train_view)
+from videolab.data.sampling import ClipSpec, clip_indices, dense_indices, segment_indices
+from videolab.data.transforms import crop_offsets, eval_views, preprocess_video, train_view
 
 
 # ----------------------------------------------------------------------------------------------------------------

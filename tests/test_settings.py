@@ -6,7 +6,10 @@ import sys
 import pytest
 
 from conftest import ROOT
-from settings import FIELDS, Settings, UsageError, parse_bool, resolve, run_cli
+from conftest import resolve
+from videolab.cli import run_cli
+from videolab.core.errors import UsageError
+from videolab.core.settings import FIELDS, Settings, parse_bool
 
 
 def write(path, text):
@@ -111,7 +114,7 @@ def test_run_cli_turns_usage_error_into_exit_2(capsys):
     ("dummy_data.py", ["--num_classes", "99", "--root", "x"]),
     ("create_dummy.py", ["--data_root", "nowhere"]),
     ("main.py", ["--eval_only", "True", "--checkpoint", "nowhere"]),
-    ("visualize_results.py", ["--run_dir", "nowhere"]),
+    ("apps/visualize_results.py", ["--run_dir", "nowhere"]),
 ])
 def test_cli_misuse_is_one_line_exit_2(in_tmp, script, argv):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *argv], capture_output=True, text=True,

@@ -3,9 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ssm
+from videolab.models import ssm
 from conftest import train_in_bf16
-from fusion import FUSION_LAYERS, Mamba2Fusion
+from videolab.models.fusion import Mamba2Fusion
+from videolab.models.registry import FUSIONS
 
 
 def sequential_ssd(x, dt, A, B, C):
@@ -114,7 +115,7 @@ def test_mamba2_fusion_trains_in_bf16_without_nan_and_learns():
 
 
 def test_mamba2_is_in_the_fusion_registry():
-    assert FUSION_LAYERS["mamba2"] is Mamba2Fusion
+    assert FUSIONS.get("mamba2") is Mamba2Fusion
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and ssm._cuda_ssd_scan is not None),
@@ -129,7 +130,7 @@ def test_cuda_ssd_kernel_agrees_with_pytorch_scan():
 def test_a_head_width_that_does_not_fit_is_a_clear_error_and_exit_2(tiny_dataset, capsys):
     import main as train_main
     from conftest import TINY_FLAGS
-    from settings import run_cli
+    from videolab.cli import run_cli
     code = run_cli(train_main.main, ["--data_root", tiny_dataset, *TINY_FLAGS, "--vision_model",
                                      "vit_small_patch16_224", "--fusion", "mamba2", "--fusion_head_dim", "7",
                                      "--max_steps", "1", "--quiet"])

@@ -3,9 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ssm
+from videolab.models import ssm
 from conftest import train_in_bf16
-from fusion import MambaFusion, TemporalFusionEncoder
+from videolab.models.classifier import TemporalFusionEncoder
+from videolab.models.fusion import MambaFusion
 from test_ssd import CLOSE as SSD_CLOSE, sequential_ssd
 
 

@@ -21,12 +21,12 @@ from safetensors.torch import load_file
 
 import main as train_main
 import train_code
-import VLoader
-from checkpointing import (STATE_FILE, WEIGHTS_FILE, CheckpointError, latest_checkpoint, load_training_state,
-                           load_weights, save_checkpoint, verify_checkpoint)
 from conftest import ROOT, TINY_FLAGS
-from settings import RunError
 from train_code import TrainingInterrupted
+from videolab.core.checkpoints import (STATE_FILE, WEIGHTS_FILE, latest_checkpoint, load_training_state, load_weights,
+                                       save_checkpoint, verify_checkpoint)
+from videolab.core.errors import CheckpointError, RunError
+from videolab.data.synthetic import SyntheticVideoDataset
 
 RUN_FLAGS = [*TINY_FLAGS, "--epochs", "2", "--batch_size", "4", "--head_dropout", "0.3", "--seed", "0", "--quiet",
              "--deterministic", "True", "--save_steps", "2", "--save_total_limit", "0", "--speed_repeats", "0",
@@ -139,13 +139,14 @@ def test_resume_with_gradient_accumulation_is_bit_identical(tiny_dataset, tmp_pa
 
 SLOW_MAIN = """
 import sys, time
-import train_code, main, settings
+import train_code, main
+from videolab.cli import run_cli
 original = train_code.forward_backward
 def slow(*args, **kwargs):  # gives the test time to signal mid-run
     time.sleep(0.3)
     return original(*args, **kwargs)
 train_code.forward_backward = slow
-sys.exit(settings.run_cli(main.main))
+sys.exit(run_cli(main.main))
 """
 
 
@@ -205,7 +206,9 @@ def test_sigint_saves_at_the_step_boundary_and_resumes_bit_identical(reference, 
 
 KILLED_IN_SAVE = """
 import os, sys, time
-import checkpointing, main, settings
+import main
+from videolab.cli import run_cli
+from videolab.core import checkpoints as checkpointing
 original, saves = checkpointing.commit_folder, []
 def commit(tmp, folder):  # the second resumable save hangs with its files written, before the rename
     if os.path.basename(folder).startswith("checkpoint-"):
@@ -215,7 +218,7 @@ def commit(tmp, folder):  # the second resumable save hangs with its files writt
             time.sleep(600)
     return original(tmp, folder)
 checkpointing.commit_folder = commit
-sys.exit(settings.run_cli(main.main))
+sys.exit(run_cli(main.main))
 """
 
 
@@ -307,7 +310,7 @@ def test_incompatible_resume_is_refused_naming_the_difference(reference, tiny_da
 @pytest.fixture
 def poisoned(monkeypatch):
     """Items 9-12 the training loader reads (the 3rd batch of 4) become NaN videos."""
-    original, calls = VLoader.SyntheticVideoDataset.__getitem__, []
+    original, calls = SyntheticVideoDataset.__getitem__, []
 
     def getitem(self, i):
         item = original(self, i)
@@ -315,7 +318,7 @@ def poisoned(monkeypatch):
         if 9 <= len(calls) <= 12:
             item["pixel_values"] = torch.full_like(item["pixel_values"], float("nan"))
         return item
-    monkeypatch.setattr(VLoader.SyntheticVideoDataset, "__getitem__", getitem)
+    monkeypatch.setattr(SyntheticVideoDataset, "__getitem__", getitem)
 
 
 def test_nan_loss_stops_before_the_update_keeping_the_last_checkpoint(poisoned, tiny_dataset, tmp_path):

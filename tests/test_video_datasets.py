@@ -8,14 +8,17 @@ import torch
 
 import inference
 import main as train_main
-from build_model import MultiViewClassifier
+from videolab.models.classifier import MultiViewClassifier
 from conftest import TINY_FLAGS
-from settings import Settings, UsageError, run_cli
-from video_datasets import (VideoFileDataset, VideoItem, build_video_datasets, ucf101_class_names, ucf101_groups,
-                            ucf101_lists, videofolder_lists)
+from videolab.cli import run_cli
+from videolab.core.errors import UsageError
+from videolab.core.settings import Settings
 from video_fixtures import frame_numbers, write_index_video
-from video_io import FrameCache
-from VLoader import BadVideoLog, ClipSpec, TooManyBadVideos, make_loader
+from videolab.data.clips import BadVideoLog, TooManyBadVideos, make_loader
+from videolab.data.sampling import ClipSpec
+from videolab.data.video_io import FrameCache
+from videolab.data.videos import (VideoFileDataset, VideoItem, build_video_datasets, ucf101_class_names,
+                                  ucf101_groups, ucf101_lists, videofolder_lists)
 
 MEAN, STD = (0.0,) * 3, (1 / 255,) * 3  # normalised values are the uint8 levels: frame numbers stay readable
 UCF_CLASSES = ["ApplyEyeMakeup", "HandstandPushups", "YoYo"]
@@ -188,7 +191,7 @@ def test_multi_view_items_and_logit_averaging(folder_videos):
         batch_keys = {"pixel_values": "pixel_values", "labels": "labels"}
 
         def forward(self, pixel_values, labels=None):
-            from build_model import ClassifierOutput
+            from videolab.models.classifier import ClassifierOutput
             m = pixel_values.mean(dim=(1, 2, 3, 4))[:, None]  # [B, 1]
             return ClassifierOutput(logits=torch.cat([m, -m, 2 * m], dim=1))
     batch = views[None]  # [1, V, T, C, S, S]
@@ -313,7 +316,7 @@ def test_evaluation_lists_bad_test_videos_and_exits_3(video_run, folder_videos, 
     code = run_cli(train_main.main, ["--eval_only", "True", "--checkpoint", folder, "--data_root", root, "--quiet",
                                      "--summary_csv", "none", "--speed_repeats", "0"])
     err = capsys.readouterr().err
-    assert code == 3 and f"1 test video(s) could not be read" in err and victim.video_id in err
+    assert code == 3 and "1 test video(s) could not be read" in err and victim.video_id in err
     saved = json.load(open(os.path.join(os.path.dirname(folder), "eval.json")))
     assert [b["video"] for b in saved["bad_videos"]["test"]] == [victim.video_id]
     assert saved["num_samples"] == 2 and saved["num_bad_videos"] == 1

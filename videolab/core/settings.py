@@ -1,0 +1,392 @@
+"""The settings: one dataclass holding every default, read from YAML and flags (plain data, no model code).
+
+Precedence: the dataclass defaults below < ``config_file.yaml`` (or ``--config FILE``) < command-line flags
+(``videolab.cli`` parses them).
+
+* Every field of :class:`Settings` is a flag of the same name (``--vision_model``, ``--lr`` ...) and a key of the
+  YAML file. YAML may group keys in sections: ``lora: {r: 8}`` means ``lora_r: 8`` and ``fusion: {type: mean}``
+  means ``fusion: mean``.
+* Booleans accept ``True/False/true/false/1/0/yes/no/on/off``; a bare ``--flag`` means True.
+* A field's metadata says what it is for (``group``: model, data, train, runtime), its range and its choices:
+  fixed ``choices`` here, or ``registry``, the name of the registry that owns its values (``videolab.cli`` asks
+  the registry; this module imports none).
+* :func:`check_values` checks each value alone (type, range, fixed choices) and changes nothing; combinations
+  are checked by the parts that own them (``build_model.check_settings``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from videolab.core.errors import UsageError
+from videolab.core.registry import nearest
+
+DEFAULT_CONFIG_FILE = "config_file.yaml"
+
+
+def _opt(default, help: str, choices: Optional[Sequence[str]] = None, registry: Optional[str] = None,
+         minimum: Optional[float] = None, maximum: Optional[float] = None, group: str = "train"):
+    """A dataclass field with CLI metadata: fixed ``choices``, or the ``registry`` that owns the valid values."""
+    return field(default=default, metadata=dict(help=help, choices=choices, registry=registry, minimum=minimum,
+                                                maximum=maximum, group=group))
+
+
+# Groups say what a setting is for. Inference rebuilds the model from the checkpoint's "model" and "data" settings;
+# the user may only override "runtime" ones there (see merge_with_checkpoint).
+MODEL, DATA, TRAIN, RUNTIME = "model", "data", "train", "runtime"
+
+
+@dataclass
+class Settings:
+    # --- model -------------------------------------------------------------------------------------------------
+    vision_model: str = _opt("videomae", "vision backbone: a registry name or any timm model name",
+                             registry="backbones", group=MODEL)
+    model_size: str = _opt("tiny", "architecture preset; 'base' is the published architecture",
+                           choices=("tiny", "small", "base"), group=MODEL)
+    pretrained: Optional[str] = _opt(None, "Hub id or local folder with pretrained weights; none = random init",
+                                     group=MODEL)
+    fusion: str = _opt("transformer", "temporal fusion after a per-frame (timm) backbone: transformer, mamba "
+                       "(Mamba-1), mamba2 (Mamba-2, SSD) or 'mean' = frame averaging", registry="fusions", group=MODEL)
+    fusion_depth: int = _opt(2, "fusion layers", minimum=1, group=MODEL)
+    fusion_n_heads: int = _opt(4, "attention heads in the fusion layers", minimum=1, group=MODEL)
+    fusion_dim: int = _opt(0, "fusion width; 0 = the backbone's feature width", minimum=0, group=MODEL)
+    fusion_dropout: float = _opt(0.1, "dropout inside the fusion layers", minimum=0.0, maximum=1.0, group=MODEL)
+    fusion_d_state: int = _opt(16, "Mamba fusion: state size per channel", minimum=1, group=MODEL)
+    fusion_d_conv: int = _opt(4, "Mamba fusion: causal depthwise convolution width", minimum=1, group=MODEL)
+    fusion_expand: int = _opt(2, "Mamba fusion: inner width = expand * fusion width", minimum=1, group=MODEL)
+    fusion_bidirectional: bool = _opt(True, "Mamba fusion: scan both ways (non-causal, VideoMamba); False = causal",
+                                      group=MODEL)
+    fusion_head_dim: int = _opt(64, "Mamba-2 fusion: channels per head (divides expand * fusion width)", minimum=1,
+                                group=MODEL)
+    head_dropout: float = _opt(0.0, "dropout before the classification head", minimum=0.0, maximum=1.0,
+                               group=MODEL)
+    freeze_visionbackbone: bool = _opt(False, "train only what follows the backbone (fusion and head)",
+                                       group=MODEL)
+    use_lora_vision: bool = _opt(False, "wrap the vision backbone with peft LoRA; train adapters + head",
+                                 group=MODEL)
+    lora_r: int = _opt(8, "LoRA rank", minimum=1, group=MODEL)
+    lora_alpha: float = _opt(16.0, "LoRA alpha (scale = alpha / r)", minimum=0.0, group=MODEL)
+    lora_dropout: float = _opt(0.05, "LoRA dropout", minimum=0.0, maximum=1.0, group=MODEL)
+    lora_target_modules: str = _opt("auto", "comma-separated module names for LoRA; 'auto' = per-backbone default",
+                                    group=MODEL)
+    use_vlm: bool = _opt(False, "vision + language model: video tokens go through --language_model", group=MODEL)
+    language_model: Optional[str] = _opt(None, "for --use_vlm: bert (classification), gpt2 (captioning), a Hub id "
+                                         "or a local folder; default: bert, or gpt2 with --captioning", group=MODEL)
+    use_text: bool = _opt(False, "feed text to the model: the dataset's hints (training, evaluation) or "
+                          "--text_input (inference)", group=MODEL)
+    captioning: bool = _opt(False, "train/run a captioner (causal language model) instead of a classifier",
+                            group=MODEL)
+    use_lora_llm: bool = _opt(False, "LoRA on the language model (its own weights stay frozen)", group=MODEL)
+    freeze_language_model: bool = _opt(False, "keep the language model's weights fixed (train projector + head)",
+                                       group=MODEL)
+    language_model_size: str = _opt("tiny", "preset for the random-init GPT-2 used offline",
+                                    choices=("tiny", "small"), group=MODEL)
+    max_text_tokens: int = _opt(32, "text tokens kept per input; longer text is truncated with a warning",
+                                minimum=1, maximum=512, group=MODEL)
+    max_video_tokens: int = _opt(16, "video tokens given to the language model (average-pooled down to this)",
+                                 minimum=1, maximum=4096, group=MODEL)
+    max_caption_tokens: int = _opt(32, "caption tokens learned per video (longer captions are truncated)",
+                                   minimum=1, maximum=512, group=MODEL)
+    # --- data --------------------------------------------------------------------------------------------------
+    dataset: str = _opt("synthetic", "training data: synthetic (.pt, generated if missing), ucf101 (official splits), "
+                        "videofolder (<data_root>/<class>/<video>) or qa_json (video question-answer records: "
+                        "<data_root>/{train,test}.json)", registry="datasets", group=DATA)
+    data_root: str = _opt("synthetic_dataset", "dataset folder; the synthetic one is generated if missing, for ucf101 "
+                          "the unpacked UCF-101/ folder", group=DATA)
+    split: int = _opt(1, "ucf101: official split 1, 2 or 3", minimum=1, maximum=3, group=DATA)
+    split_dir: Optional[str] = _opt(None, "ucf101: folder of classInd.txt, trainlist0N.txt, testlist0N.txt (default: "
+                                    "<data_root>/ucfTrainTestlist, then beside data_root); videofolder: folder of "
+                                    "train.txt, test.txt [val.txt] (default: seeded stratified split)", group=DATA)
+    test_fraction: float = _opt(0.2, "videofolder without --split_dir: share of every class held out as the test "
+                                "split (stratified, seeded)", minimum=0.0, maximum=0.9, group=DATA)
+    synthetic_task: str = _opt("motion", "synthetic data: motion (hints name the motion family) or playback (half "
+                               "the clips run backwards and only the hint says so)", choices=("motion", "playback"),
+                               group=DATA)
+    num_frames: int = _opt(8, "frames sampled per clip", minimum=1, maximum=1024, group=DATA)
+    sampling: str = _opt("uniform", "temporal sampling: uniform (segment centres), segment (TSN: a random frame per "
+                         "segment in training, centres in evaluation) or dense (--frame_stride apart, random start in "
+                         "training)", registry="samplings", group=DATA)
+    frame_stride: int = _opt(4, "dense sampling: frames between two sampled frames", minimum=1, maximum=64,
+                             group=DATA)
+    image_size: int = _opt(32, "frame side in pixels after resize + centre crop", minimum=8, maximum=1024,
+                           group=DATA)
+    val_fraction: float = _opt(0.1, "share of the train split held out (stratified, seeded) for validation",
+                               minimum=0.0, maximum=0.5, group=DATA)
+    cache_dir: Optional[str] = _opt(None, "video files: keep decoded, resized frames here (memory-mapped .npy, one "
+                                    "per video and size); later epochs and runs read them instead of decoding",
+                                    group=RUNTIME)
+    # --- training ----------------------------------------------------------------------------------------------
+    train_crop: str = _opt("auto", "training crop: random_resized (RandomResizedCrop), center, or auto = "
+                           "random_resized for video files, center for the synthetic dataset",
+                           choices=("auto", "random_resized", "center"))
+    crop_scale_min: float = _opt(0.25, "random_resized: smallest share of the frame area a training crop keeps",
+                                 minimum=0.01, maximum=1.0)
+    horizontal_flip: Optional[bool] = _opt(None, "flip half the training clips left-right; none = on for video files, "
+                                           "off for the synthetic dataset (its classes include move left/right)")
+    max_bad_video_fraction: float = _opt(0.05, "training: unreadable videos are skipped with a warning; stop when more "
+                                         "than this share of a split fails", minimum=0.0, maximum=1.0)
+    epochs: int = _opt(30, "training epochs", minimum=1)
+    max_steps: int = _opt(0, "stop after this many optimizer steps (0 = no limit; for smoke tests)", minimum=0)
+    batch_size: int = _opt(32, "clips per batch", minimum=1, group=RUNTIME)
+    lr: float = _opt(5e-4, "peak learning rate (AdamW)", minimum=0.0)
+    lr_language_model: Optional[float] = _opt(None, "peak learning rate of a PRETRAINED language model's own "
+                                              "weights when they train fully; none = lr / 10 (new parts, LoRA "
+                                              "adapters and a randomly initialised LM use --lr)", minimum=0.0)
+    weight_decay: float = _opt(0.05, "AdamW weight decay (not on biases and norms)", minimum=0.0)
+    warmup_ratio: float = _opt(0.1, "share of the steps spent in linear warm-up before the cosine decay",
+                               minimum=0.0, maximum=1.0)
+    label_smoothing: float = _opt(0.1, "cross-entropy label smoothing", minimum=0.0, maximum=1.0)
+    max_grad_norm: float = _opt(1.0, "gradient clipping norm (0 = off)", minimum=0.0)
+    gradient_accumulation_steps: int = _opt(1, "batches per optimizer step", minimum=1)
+    mixed_precision: str = _opt("no", "autocast dtype: no, bf16 (CPU and recent GPUs) or fp16 (GPU, scaled)",
+                                choices=("no", "bf16", "fp16"), group=RUNTIME)
+    seed: int = _opt(0, "seed for data order, init and augmentation", minimum=0, group=RUNTIME)
+    num_workers: int = _opt(0, "DataLoader worker processes", minimum=0, group=RUNTIME)
+    device: str = _opt("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"), group=RUNTIME)
+    output_dir: str = _opt("checkpoints", "where runs are written: <output_dir>/<run_name>/", group=RUNTIME)
+    run_name: Optional[str] = _opt(None, "run folder name; default: <vision_model>-<fusion>-<time>", group=RUNTIME)
+    resume_from_checkpoint: Optional[str] = _opt(None, "continue a run exactly: a checkpoint folder "
+                                                 "(<run>/checkpoint-<step>, <run>/last), or 'latest' (the newest "
+                                                 "checkpoint of --run_name, else of the newest run in --output_dir)")
+    save_steps: int = _opt(0, "also save a resumable checkpoint every N optimizer steps (0 = at epoch ends only)",
+                           minimum=0)
+    save_total_limit: int = _opt(2, "resumable checkpoints kept per run (the newest K; best/ is kept besides; "
+                                 "0 = keep all)", minimum=0)
+    nan_policy: str = _opt("stop", "a non-finite training loss: stop (before the update, keeping the last good "
+                           "checkpoint) or skip the batch and count it", choices=("stop", "skip"))
+    deterministic: bool = _opt(False, "torch.use_deterministic_algorithms during training (reproducible runs and "
+                               "exact resume on GPU; slower)")
+    quiet: bool = _opt(False, "no progress bars", group=RUNTIME)
+    # --- inference ---------------------------------------------------------------------------------------------
+    video_dir: Optional[str] = _opt(None, "inference input: a video file, a folder of videos (or of class folders of "
+                                    "videos), one frame folder or a folder of them", group=RUNTIME)
+    checkpoint: Optional[str] = _opt(None, "checkpoint folder for inference (default: newest run matching the flags) "
+                                     "and for --eval_only", group=RUNTIME)
+    top_k: int = _opt(5, "classes printed per video", minimum=1, group=RUNTIME)
+    predictions_file: str = _opt("predictions.json", "where inference writes its predictions (JSON)",
+                                 group=RUNTIME)
+    text_input: Optional[str] = _opt(None, "text for a --use_text model at inference (every video gets it); "
+                                     "default: the texts.json hints beside the frames", group=RUNTIME)
+    num_beams: int = _opt(1, "captioning: beam width (1 = greedy)", minimum=1, maximum=32, group=RUNTIME)
+    max_new_tokens: int = _opt(32, "captioning: longest caption generated, in tokens", minimum=1, maximum=512,
+                               group=RUNTIME)
+    no_repeat_ngram_size: int = _opt(0, "captioning: forbid repeating any n-gram of this size (0 = off)",
+                                     minimum=0, group=RUNTIME)
+    repetition_penalty: float = _opt(1.0, "captioning: >1 discourages repeated tokens (1 = off)", minimum=1.0,
+                                     group=RUNTIME)
+    # --- evaluation and reports --------------------------------------------------------------------------------
+    test_clips: int = _opt(1, "test views: temporal clips per video (logits averaged)", minimum=1, maximum=100,
+                           group=RUNTIME)
+    test_crops: int = _opt(1, "test views: 1 (centre) or 3 (start, centre, end of the long side) crops per clip",
+                           minimum=1, maximum=3, group=RUNTIME)
+    eval_only: bool = _opt(False, "main.py: evaluate --checkpoint on the test split without training (writes "
+                           "eval.json, a summary row and plots beside the checkpoint)", group=RUNTIME)
+    summary_csv: Optional[str] = _opt("results/summary.csv", "results table: one row appended per evaluated run; "
+                                      "none = no table", group=RUNTIME)
+    report_to: str = _opt("none", "also log metrics to a tracker through accelerate: tensorboard (pip install "
+                          "tensorboard) or wandb (pip install wandb); metrics.jsonl is always written",
+                          choices=("none", "tensorboard", "wandb"), group=RUNTIME)
+    export_dir: Optional[str] = _opt(None, "after training (or --eval_only) write the model in the Hugging Face "
+                                     "format: config.json, model.safetensors, video processor, id2label (LoRA runs: "
+                                     "adapter/ too, unless --merge_lora)", group=RUNTIME)
+    merge_lora: bool = _opt(False, "--export_dir of a LoRA run: merge the adapters into the weights instead of "
+                            "writing them apart", group=RUNTIME)
+    speed_repeats: int = _opt(5, "timed runs (after 2 warm-up runs) for the latency and throughput in eval.json; "
+                              "0 = do not time", minimum=0, group=RUNTIME)
+    # --- composable multimodal models (models/compose.py, data/audio.py) -----------------------------------------
+    modalities: Optional[str] = _opt(None, "inputs of the composed multimodal model, comma-separated: video, audio, "
+                                     "text (e.g. video,audio); none = the video classifier (or --model_config)",
+                                     group=MODEL)
+    model_config: Optional[str] = _opt(None, "YAML file whose model: section declares the encoders, fusion and head "
+                                       "(a model: section in the settings YAML does the same; see README)",
+                                       group=MODEL)
+    allowed_target_prefixes: str = _opt("compose,audio,fusion", "module prefixes a model section's _target_ may "
+                                        "name (comma-separated); anything else is refused", group=RUNTIME)
+    fusion_bottleneck_tokens: int = _opt(4, "bottleneck fusion: shared tokens between the modalities", minimum=1,
+                                         group=MODEL)
+    fusion_bottleneck_layer: int = _opt(0, "bottleneck fusion: first layer that writes to the bottleneck (earlier "
+                                        "layers see their own modality only; the next layer reads it)", minimum=0,
+                                        group=MODEL)
+    audio_dim: int = _opt(64, "audio encoder width (1-D conv + transformer over Whisper log-mel)", minimum=8,
+                          group=MODEL)
+    audio_depth: int = _opt(2, "audio encoder transformer layers", minimum=1, group=MODEL)
+    audio_seconds: float = _opt(2.0, "audio read per clip (seconds, centred on the clip's frames), padded and "
+                                "masked when shorter", minimum=0.1, maximum=30.0, group=DATA)
+    require_audio: bool = _opt(False, "a video without an audio track is an error (default: its audio is a "
+                               "masked-out modality)", group=DATA)
+    # --- Qwen2-VL video description and Qwen2 text embeddings ---------------------------------------------------
+    lora_llm_r: Optional[int] = _opt(None, "LoRA rank of the language model; none = 64 for qwen2-vl, else --lora_r",
+                                     minimum=1, group=MODEL)
+    lora_llm_alpha: Optional[float] = _opt(None, "LoRA alpha of the language model; none = 128 for qwen2-vl, else "
+                                           "--lora_alpha", minimum=0.0, group=MODEL)
+    lora_llm_dropout: Optional[float] = _opt(None, "LoRA dropout of the language model; none = 0.05 for qwen2-vl, "
+                                             "else --lora_dropout", minimum=0.0, maximum=1.0, group=MODEL)
+    lora_llm_target_modules: Optional[str] = _opt(None, "comma-separated language-model modules for LoRA; none = "
+                                                  "q_proj,v_proj for qwen2-vl, else the model's default", group=MODEL)
+    train_vision_tower: bool = _opt(False, "qwen2-vl: train its vision tower (and merger) too; by default it stays "
+                                    "frozen", group=MODEL)
+    gradient_checkpointing: bool = _opt(False, "qwen2-vl: recompute activations in the backward pass (less memory, "
+                                        "more compute per step)")
+    # --- self-supervised pretraining (tasks/pretraining.py) and label budgets ------------------------------------
+    task: str = _opt("train", "main.py: train (supervised classifier or captioner) or pretrain (self-supervised, "
+                     "labels ignored; exports a backbone folder for --pretrained)", registry="task_flags",
+                     group=MODEL)  # a model setting: resuming across tasks is refused, naming it
+    pretrain_objective: str = _opt("mvm", "--task pretrain: mvm (masked video modelling, VideoMAE), contrastive "
+                                   "(video-caption InfoNCE with the MiniLM text encoder) or both",
+                                   choices=("mvm", "contrastive", "both"), group=MODEL)
+    mask_ratio: float = _opt(0.9, "masked video modelling: share of the tokens hidden (exact per clip)",
+                             minimum=0.05, maximum=0.99)
+    mask_type: str = _opt("tube", "masked video modelling: tube (the same patches hidden in every frame), random "
+                          "(tokens hidden independently) or frame (whole time slots hidden: predict unseen frames)",
+                          choices=("tube", "random", "frame"))
+    norm_pix_loss: bool = _opt(True, "masked video modelling: reconstruct per-patch normalised pixels", group=MODEL)
+    contrastive_dim: int = _opt(128, "contrastive: width of the shared video-text embedding", minimum=8,
+                                group=MODEL)
+    mvm_target: str = _opt("pixels", "masked video modelling: reconstruct the hidden tokens' pixels (VideoMAE) or "
+                           "their frame_difference (next frame minus this one: only what moves)",
+                           choices=("pixels", "frame_difference"), group=MODEL)
+    label_fraction: float = _opt(1.0, "share of every class of the train split used (stratified, seeded; the "
+                                 "validation split is held out of it): a small label budget", minimum=0.001,
+                                 maximum=1.0, group=DATA)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# value parsing
+# ----------------------------------------------------------------------------------------------------------------
+TRUE_WORDS = {"true", "1", "yes", "y", "on"}
+FALSE_WORDS = {"false", "0", "no", "n", "off"}
+NONE_WORDS = {"none", "null", ""}
+
+
+def parse_bool(value: Any, name: str = "value") -> bool:
+    """'True'/'false'/'1'/'no'/... -> bool. Never lets the string 'False' become truthy."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise UsageError(f"--{name} expects a boolean, got {value!r}; use True or False")
+
+
+def field_type(f: dataclasses.Field) -> str:
+    return str(f.type).replace("Optional[", "").rstrip("]")
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a YAML or CLI value to the field's type, with a clear error."""
+    f = FIELDS[name]
+    kind = field_type(f)
+    optional = "Optional" in str(f.type)
+    if optional and (value is None or (isinstance(value, str) and value.strip().lower() in NONE_WORDS)):
+        return None
+    try:
+        if kind == "bool":
+            return parse_bool(value, name)
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--{name} expects {'an integer' if kind == 'int' else 'a number'}, got {value!r}") from None
+    if isinstance(value, (dict, list)):
+        raise UsageError(f"--{name} expects a single value, got {value!r}")
+    return str(value)
+
+
+def check_values(cfg: Settings) -> None:
+    """Each value alone: fixed choices and ranges. Raises UsageError naming the flag and the fix; changes nothing.
+    Registry-backed values are checked by their registry (``videolab.cli.check_names``)."""
+    for name, f in FIELDS.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise UsageError(f"--{name} {value!r} is not valid{nearest(str(value), choices)}; "
+                             f"choose one of: {', '.join(choices)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{name} must be a finite number, got {value}")
+        lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum")
+        if lo is not None and value < lo:
+            raise UsageError(f"--{name} must be >= {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise UsageError(f"--{name} must be <= {hi}, got {value}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# YAML
+# ----------------------------------------------------------------------------------------------------------------
+def flatten_yaml(data: dict, prefix: str = "") -> dict[str, Any]:
+    """``{lora: {r: 8}, fusion: {type: mean, depth: 2}}`` -> ``{lora_r: 8, fusion: mean, fusion_depth: 2}``."""
+    flat = {}
+    for key, value in data.items():
+        key = str(key)
+        full = prefix if (prefix and key in ("type", "name")) else (f"{prefix}_{key}" if prefix else key)
+        if isinstance(value, dict):
+            flat.update(flatten_yaml(value, full))
+        else:
+            flat[full] = value
+    return flat
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a settings YAML (safe loader) into flat, type-checked {field: value}."""
+    if not os.path.isfile(path):
+        raise UsageError(f"config file {path!r} not found; pass an existing file with --config")
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path!r} must hold a mapping of settings, got {type(data).__name__}")
+    values = {}
+    if isinstance(data.get("model"), dict):  # a model: section declares a composed model (models/compose.py)
+        values["model_config"] = json.dumps(data.pop("model"))
+    for key, value in flatten_yaml(data).items():
+        if key not in FIELDS:
+            raise UsageError(f"unknown key {key!r} in {path}{nearest(key, list(FIELDS))} (valid keys: see --help)")
+        values[key] = coerce(key, value)
+    return values
+
+
+def settings_from_dict(data: dict[str, Any]) -> Settings:
+    """Rebuild Settings saved in a checkpoint; keys this version does not know are dropped."""
+    return Settings(**{k: v for k, v in data.items() if k in FIELDS})
+
+
+def merge_with_checkpoint(saved: Settings, cli: Settings, explicit: set[str], folder: str) -> Settings:
+    """The checkpoint's settings, with the user's run-time flags on top; model/data flags must agree."""
+    merged = saved.to_dict()
+    for key in sorted(explicit):
+        group, value = FIELDS[key].metadata["group"], getattr(cli, key)
+        if group in (MODEL, DATA):
+            if value != merged[key]:
+                raise UsageError(f"--{key} {value} conflicts with the checkpoint {folder} (trained with "
+                                 f"{key}={merged[key]!r}); drop the flag or pick another --checkpoint")
+        elif group == RUNTIME:
+            merged[key] = value
+        else:
+            print(f"note: --{key} is a training flag and has no effect on a trained checkpoint", file=sys.stderr)
+    return settings_from_dict(merged)

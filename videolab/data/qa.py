@@ -1,0 +1,280 @@
+"""Video question-answer records for supervised fine-tuning (``--dataset qa_json``), read from JSON files.
+
+``--data_root`` is a folder with ``train.json`` and ``test.json`` (optionally ``val.json``; without it
+``--val_fraction`` of train is held out, seeded). Each file is a JSON list of records (or JSON Lines, one record a
+line). Two record formats are accepted:
+
+1. plain::
+
+       {"video": "clips/v1.mp4", "question": "What happens?", "answer": "a red ball rolls to the left"}
+
+   ("id" optional; "question" optional: the default question is "Describe the video.")
+2. the common multimodal chat format (LLaMA-Factory / ms-swift style)::
+
+       {"messages": [{"role": "user", "content": "<video>What happens?"},
+                     {"role": "assistant", "content": "a red ball rolls to the left"}],
+        "videos": ["clips/v1.mp4"]}
+
+   ``content`` may also be a list of parts (``{"type": "video"}``, ``{"type": "text", "text": ...}``); the
+   ``<video>`` placeholder is dropped (the processor inserts the real one). A system message is ignored (the
+   chat template adds its own). The question is the last user turn before the last assistant turn, the answer that
+   assistant turn; exactly one video per record.
+
+Video paths are relative to the JSON file's folder (or absolute): a video file (read with PyAV, see video_io.py),
+a folder of frame images, or a ``.pt`` uint8 tensor [T, C, H, W] (what the synthetic dataset holds).
+``--num_frames`` frames are sampled evenly (``--sampling uniform``). A record that breaks these rules stops the run
+with one line naming the file, the record and the fix.
+
+``python apps/make_qa_dataset.py --synthetic_root synthetic_dataset --out qa_synthetic`` turns the synthetic dataset into such
+files (chat format): for every video the question "Describe the video." with its caption as the answer, and with
+``--motion_questions`` also "How does the shape move?" with the motion (e.g. "it moves to the left").
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, replace
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from videolab.core.errors import UsageError
+from videolab.core.files import write_json
+from videolab.data.clips import BadVideoLog, ClipDataset, DataBundle, stratified_split
+from videolab.data.frames import _image_files, read_frames
+from videolab.data.sampling import clip_spec
+from videolab.data.synthetic import CAPTION_VERB, read_annotations
+from videolab.data.video_io import VideoError, is_video_file, probe_video, read_frames as read_video_frames, \
+    resized_shape
+
+SPLIT_FILES = ("train", "val", "test")
+VIDEO_PLACEHOLDER = re.compile(r"<video>\s*")
+DESCRIBE = "Describe the video."
+MOTION_QUESTION = "How does the shape move?"
+
+
+@dataclass
+class QARecord:
+    video: str  # absolute path
+    question: str
+    answer: str
+    video_id: str
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading records
+# ----------------------------------------------------------------------------------------------------------------
+def _text_of(content, where: str) -> str:
+    """A chat message's text: a string, or the text parts of a list of parts (video parts dropped)."""
+    if isinstance(content, str):
+        return VIDEO_PLACEHOLDER.sub("", content).strip()
+    if isinstance(content, list):
+        return " ".join(VIDEO_PLACEHOLDER.sub("", p.get("text", "")).strip() for p in content
+                        if isinstance(p, dict) and p.get("type", "text") == "text").strip()
+    raise ValueError(f"{where}: message content must be a string or a list of parts, got {type(content).__name__}")
+
+
+def _from_chat(record: dict, where: str) -> tuple[str, str, str]:
+    messages, videos = record.get("messages"), record.get("videos")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+    if not isinstance(videos, list) or len(videos) != 1 or not isinstance(videos[0], str):
+        raise ValueError(f"{where}: expected 'videos' with exactly one video path, got {videos!r}; split records "
+                         f"with several videos into one record per video")
+    roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+    if "assistant" not in roles:
+        raise ValueError(f"{where}: no assistant message; the last assistant turn is the answer to learn")
+    last = len(roles) - 1 - roles[::-1].index("assistant")
+    users = [i for i in range(last) if roles[i] == "user"]
+    question = _text_of(messages[users[-1]]["content"], where) if users else ""
+    return videos[0], question, _text_of(messages[last]["content"], where)
+
+
+def parse_record(record, where: str) -> tuple[str, str, str]:
+    """(video path as written, question, answer) of one record in either format; ValueError names the fix."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "messages" in record:
+        video, question, answer = _from_chat(record, where)
+    elif "video" in record and "answer" in record:
+        video, question, answer = record["video"], record.get("question") or "", record["answer"]
+    else:
+        raise ValueError(f"{where}: expected {{'video', 'question', 'answer'}} or {{'messages', 'videos'}}, got keys "
+                         f"{sorted(record)}")
+    if not isinstance(answer, str) or not answer.strip():
+        raise ValueError(f"{where}: the answer is empty; every record needs a non-empty answer")
+    return video, VIDEO_PLACEHOLDER.sub("", question).strip(), answer.strip()
+
+
+def read_records(path: str) -> list[QARecord]:
+    """A JSON list (or JSON Lines) of records -> QARecords with absolute video paths. Raises UsageError."""
+    with open(path, encoding="utf-8-sig") as fh:
+        text = fh.read()
+    try:
+        data = json.loads(text)
+        data = data if isinstance(data, list) else [data]
+    except json.JSONDecodeError:
+        try:
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path} is neither a JSON list nor JSON Lines ({exc}); see sft_data.py for the "
+                             f"format") from None
+    base = os.path.dirname(os.path.abspath(path))
+    records = []
+    for n, record in enumerate(data):
+        try:
+            video, question, answer = parse_record(record, f"{path} record {n}")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        full = video if os.path.isabs(video) else os.path.join(base, video)
+        video_id = str(record.get("id") or f"{os.path.splitext(os.path.basename(path))[0]}/{n}:{video}")
+        records.append(QARecord(full, question, answer, video_id))
+    if not records:
+        raise UsageError(f"{path} holds no records")
+    return records
+
+
+def split_path(root: str, split: str) -> Optional[str]:
+    for ext in (".json", ".jsonl"):
+        path = os.path.join(root, split + ext)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the dataset
+# ----------------------------------------------------------------------------------------------------------------
+class QAVideoDataset(ClipDataset):
+    """One item per record: pixel_values + caption (the answer) + hint (the question) + video_id (labels -1)."""
+
+    def __init__(self, records: Sequence[QARecord], spec, policy: str, max_bad_fraction: float = 1.0,
+                 what: str = "videos"):
+        self.records, self.spec = list(records), spec
+        self.bad = BadVideoLog(len(self.records), policy, max_bad_fraction, what=what)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load_frames(self, i: int, pick: Callable[[int], list[int]]) -> torch.Tensor:
+        return load_video(self.records[i].video, pick, self.spec.image_size)
+
+    def fields(self, i: int) -> dict:
+        r = self.records[i]
+        return dict(labels=torch.tensor(-1), video_id=r.video_id, caption=r.answer, hint=r.question)
+
+
+def load_video(path: str, pick: Callable[[int], list[int]], image_size: int) -> torch.Tensor:
+    """The picked frames of a .pt tensor, a frame folder or a video file -> uint8 [F, C, H, W]."""
+    if os.path.isdir(path):
+        count = len(_image_files(path))
+        if not count:
+            raise VideoError(f"{path}: no frame images")
+        return read_frames(path, pick(count))
+    if not os.path.isfile(path):
+        raise VideoError(f"{path}: no such file")
+    if path.endswith(".pt"):
+        try:
+            video = torch.load(path, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a corrupt tensor file, whatever torch raises
+            raise VideoError(f"{path}: cannot load ({type(exc).__name__})") from None
+        if not isinstance(video, torch.Tensor) or video.dim() != 4 or not len(video):
+            raise VideoError(f"{path}: expected a uint8 tensor [T, C, H, W]")
+        return video[pick(len(video))]
+    if not is_video_file(path):
+        raise VideoError(f"{path}: not a video file, frame folder or .pt tensor")
+    meta = probe_video(path)
+    frames = read_video_frames(path, meta, pick(meta.num_frames),
+                               resized_shape(meta.height, meta.width, image_size))  # [F, H, W, 3]
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+
+def _root(cfg) -> str:
+    if not os.path.isdir(cfg.data_root) or split_path(cfg.data_root, "train") is None:
+        raise UsageError(f"--dataset qa_json: --data_root {cfg.data_root!r} must be a folder with train.json and "
+                         f"test.json (see videolab/data/qa.py for the record format; python apps/make_qa_dataset.py "
+                         f"--synthetic_root ... --out ... writes one)")
+    if split_path(cfg.data_root, "test") is None:
+        raise UsageError(f"--dataset qa_json: {cfg.data_root!r} has no test.json; add the records to evaluate on")
+    return cfg.data_root
+
+
+def class_names(cfg) -> list[str]:
+    """Question answering has no classes."""
+    _root(cfg)
+    return []
+
+
+def training_texts(cfg) -> list[str]:
+    """Answers and questions of the training records (the offline tokenizer is trained on them)."""
+    records = read_records(split_path(_root(cfg), "train"))
+    return [r.answer for r in records] + [r.question for r in records if r.question]
+
+
+def build(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
+    """train / val / test QAVideoDatasets. No flips or random crops unless asked for: answers say left and right."""
+    root = _root(cfg)
+    train_spec, eval_spec = clip_spec(cfg, mean, std, True), clip_spec(cfg, mean, std, False)
+    train_spec = replace(train_spec, flip=bool(cfg.horizontal_flip),
+                         random_crop=cfg.train_crop == "random_resized")
+    lists = {split: read_records(split_path(root, split)) for split in SPLIT_FILES if split_path(root, split)}
+    if "val" not in lists and cfg.val_fraction > 0:
+        train = lists["train"]
+        kept, held = stratified_split([0] * len(train), cfg.val_fraction, cfg.seed)
+        lists["train"], lists["val"] = [train[i] for i in kept], [train[i] for i in held]
+
+    def dataset(split: str, spec, policy: str) -> Optional[QAVideoDataset]:
+        if split not in parts or not lists.get(split):
+            return None
+        return QAVideoDataset(lists[split], spec, policy, cfg.max_bad_video_fraction, what=f"{split} videos")
+    return DataBundle(dataset("train", train_spec, "skip"), dataset("val", eval_spec, "skip"),
+                      dataset("test", eval_spec, "report"), [])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the synthetic dataset as QA records
+# ----------------------------------------------------------------------------------------------------------------
+def synthetic_records(root: str, split: str, motion_questions: bool = False) -> list[dict]:
+    """Chat-format records of one split of the synthetic dataset (video paths absolute)."""
+    records = []
+    for r in read_annotations(root, split):
+        video = os.path.abspath(os.path.join(root, split, r["path"]))
+        qa = [(DESCRIBE, r["caption"])]
+        if motion_questions:
+            qa.append((MOTION_QUESTION, f"it {CAPTION_VERB[r['label']]}"))
+        for question, answer in qa:
+            records.append({"id": f"{split}/{r['path']}" + ("" if question == DESCRIBE else "#motion"),
+                            "messages": [{"role": "user", "content": f"<video>{question}"},
+                                         {"role": "assistant", "content": answer}],
+                            "videos": [video]})
+    return records
+
+
+def write_synthetic(root: str, out: str, motion_questions: bool = False) -> list[str]:
+    os.makedirs(out, exist_ok=True)
+    written = []
+    for split in ("train", "test"):
+        path = os.path.join(out, f"{split}.json")
+        written.append(write_json(path, synthetic_records(root, split, motion_questions), indent=1))
+    return written
+
+
+class QASource:
+    """``--dataset qa_json`` (registered in ``data/registry.py``)."""
+
+    @staticmethod
+    def ensure(cfg, quiet: bool = True) -> None:
+        """Records are never generated here (``apps/make_qa_dataset.py`` writes the synthetic ones)."""
+
+    @staticmethod
+    def class_names(cfg) -> list[str]:
+        return class_names(cfg)
+
+    @staticmethod
+    def build(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
+        return build(cfg, mean, std, parts)
+
+    @staticmethod
+    def texts(cfg) -> list[str]:
+        return training_texts(cfg)

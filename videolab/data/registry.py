@@ -1,0 +1,37 @@
+"""The data registries: ``--dataset`` and ``--sampling`` names, the only place they are looked up.
+
+Importing this module imports no torch (the command line reads it for ``--help``); a dataset's source is
+imported when it is first used.
+
+A dataset source (``videolab.data.clips.DatasetSource``) knows its class names, builds its splits, generates
+itself if it is synthetic, and gives the texts an offline tokenizer is trained on. Its metadata says what the
+data holds, so a model that needs something the data lacks is refused before anything is built:
+
+* ``provides``: ``labels`` (classes), ``captions`` (a reference text per clip), ``hints`` (a text given to the
+  model with the clip), ``prompts`` (a question per clip), ``audio`` (video files that may have sound);
+* ``tasks``: the tasks (``videolab.tasks.registry``) it can train;
+* ``mirror_classes``: its classes come in left/right mirror pairs, so flips and random crops are off by default.
+
+Adding a dataset: a source class in a module of this folder, and one ``DATASETS.add`` line here.
+"""
+from __future__ import annotations
+
+from videolab.core.registry import Registry
+
+DATASETS = Registry("dataset", flag="dataset")
+DATASETS.add("synthetic", "videolab.data.synthetic:SyntheticSource", provides=("labels", "captions", "hints"),
+             tasks=("classification", "captioning", "pretraining"), mirror_classes=True,
+             help="synthetic motion clips (.pt), generated if missing")
+DATASETS.add("ucf101", "videolab.data.videos:UCF101Source", provides=("labels", "audio"),
+             tasks=("classification", "pretraining"), help="UCF101 with its official splits")
+DATASETS.add("videofolder", "videolab.data.videos:VideoFolderSource", provides=("labels", "audio"),
+             tasks=("classification", "pretraining"), help="<data_root>/<class>/<video> files")
+DATASETS.add("synthetic_av", "videolab.data.av_synthetic:AudioVisualSource", provides=("labels", "audio", "hints"),
+             tasks=("classification", "pretraining"), help="synthetic audio-visual .mp4 clips, generated if missing")
+DATASETS.add("qa_json", "videolab.data.qa:QASource", provides=("captions", "prompts"), tasks=("captioning",),
+             help="video question-answer records <data_root>/{train,test}.json")
+
+SAMPLINGS = Registry("temporal sampling", flag="sampling")
+SAMPLINGS.add("uniform", help="T equal segments, the centre frame of each")
+SAMPLINGS.add("segment", help="TSN: a random frame in each of the T segments in training, the centres in evaluation")
+SAMPLINGS.add("dense", help="T frames --frame_stride apart, a random start in training, centred in evaluation")

@@ -1,0 +1,1 @@
+"""Metrics, caption metrics, run reports, results table and plots."""

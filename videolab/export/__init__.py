@@ -1,0 +1,1 @@
+"""Models in the Hugging Face format."""

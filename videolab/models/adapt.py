@@ -1,0 +1,80 @@
+"""LoRA (``peft``) and freezing of a backbone or a language model, and parameter counts."""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from videolab.core.errors import UsageError
+from videolab.core.hub import loud_note
+from videolab.models.backbones import Backbone
+
+
+def lora_targets(cfg, backbone: Backbone) -> list[str]:
+    if cfg.lora_target_modules.strip().lower() != "auto":
+        return [m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()]
+    if not backbone.lora_targets:
+        raise UsageError(f"no default LoRA target modules for {cfg.vision_model}; pass "
+                         f"--lora_target_modules with the names of its nn.Linear layers (comma-separated)")
+    return backbone.lora_targets
+
+
+def apply_lora(module: nn.Module, targets: list[str], r: int, alpha: float, dropout: float,
+               fan_in_fan_out: bool = False) -> nn.Module:
+    """Wrap ``module`` with peft LoRA; only adapter weights stay trainable. ``fan_in_fan_out`` for GPT-2's Conv1D."""
+    from peft import LoraConfig, get_peft_model
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
+                        fan_in_fan_out=fan_in_fan_out)
+    try:
+        return get_peft_model(module, config)
+    except ValueError as exc:
+        raise UsageError(f"LoRA could not attach to {targets}: {str(exc).splitlines()[0][:200]}; "
+                         f"check --lora_target_modules") from None
+
+
+def freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable)"""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def adapt_backbone(cfg, backbone: Backbone, announce: bool) -> None:
+    """--use_lora_vision (peft LoRA on the backbone's attention) or --freeze_visionbackbone, in place; ``announce``
+    warns when either meets a randomly initialised backbone. Shared with the composed model (compose.py)."""
+    if cfg.use_lora_vision:
+        backbone.module = apply_lora(backbone.module, lora_targets(cfg, backbone), cfg.lora_r, cfg.lora_alpha,
+                                     cfg.lora_dropout)
+    elif cfg.freeze_visionbackbone:
+        freeze(backbone.module)
+    if (cfg.use_lora_vision or cfg.freeze_visionbackbone) and not backbone.pretrained and announce:
+        what = "LoRA" if cfg.use_lora_vision else "--freeze_visionbackbone"
+        loud_note(f"{what} on a RANDOMLY INITIALISED backbone: the backbone has learned nothing, so only the "
+                  f"adapters/head learn, from random features. Point --pretrained at trained weights (a Hub id, "
+                  f"or a local folder such as a model this repo trained and exported).")
+
+
+def adapt_language_model(cfg, language, announce: Callable[[str], None]) -> None:
+    """--use_lora_llm (peft LoRA) or --freeze_language_model on ``language.module``, in place; ``announce`` warns
+    when either meets a randomly initialised language model. Shared with the composed model's text encoder."""
+    if cfg.use_lora_llm:
+        if not language.lora_targets:
+            raise UsageError(f"no default LoRA targets for the {language.arch.get('model_type')} language model; "
+                             f"--use_lora_llm supports BERT-family encoders and GPT-2")
+        targets = [t.strip() for t in cfg.lora_llm_target_modules.split(",") if t.strip()] \
+            if cfg.lora_llm_target_modules else language.lora_targets
+        language.module = apply_lora(language.module, targets, cfg.lora_llm_r or cfg.lora_r,
+                                     cfg.lora_alpha if cfg.lora_llm_alpha is None else cfg.lora_llm_alpha,
+                                     cfg.lora_dropout if cfg.lora_llm_dropout is None else cfg.lora_llm_dropout,
+                                     fan_in_fan_out=language.causal and language.arch.get("model_type") == "gpt2")
+    elif cfg.freeze_language_model:
+        freeze(language.module)
+    if (cfg.use_lora_llm or cfg.freeze_language_model) and not language.pretrained:
+        what = "--use_lora_llm" if cfg.use_lora_llm else "--freeze_language_model"
+        announce(f"{what} on a RANDOMLY INITIALISED language model: it has learned nothing, so only the adapters "
+                 f"and the projector learn. Online, --language_model gpt2 loads the pretrained GPT-2.")

@@ -1,0 +1,155 @@
+"""Classification: cross-entropy training, top-1 / top-5 validation, the test report (single- and multi-view,
+per class, confusion, time-reversal pairs) and top-k predictions at inference."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from videolab.core.errors import UsageError
+from videolab.data.clips import make_loader
+from videolab.evaluation.metrics import classification_report, topk_correct
+from videolab.models.classifier import MultiViewClassifier, classification_loss
+from videolab.tasks.base import InferenceRun, Task, TestResult, TestRun, model_inputs
+
+METRICS = ("top1", "top5", "mean_class_accuracy", "loss")
+
+
+@torch.no_grad()
+def gather_logits(model, loader, accelerator, desc: str = "eval", show_progress: bool = False) -> dict:
+    """Loss, top-1, top-5 and per-sample predictions over a loader (labels < 0 are skipped in the metrics).
+
+    Each process evaluates its shard of an ``accelerator.prepare``-d loader and ``gather_for_metrics`` collects
+    every sample once, in dataset order. The loss is per sample, so the result does not depend on how batches
+    were split."""
+    model.eval()
+    label_smoothing = accelerator.unwrap_model(model).label_smoothing
+    logits_all, labels_all, losses_all = [], [], []
+    for batch in tqdm(loader, desc=desc, disable=not show_progress, leave=False):
+        inputs = model_inputs(model, batch, accelerator.device)
+        labels = inputs.pop("labels")  # [B]; -1 = unlabelled
+        with accelerator.autocast():
+            logits = model(**inputs).logits.float()  # [B, num_classes]
+        losses = classification_loss(logits, labels.clamp(min=0), label_smoothing, "none") * (labels >= 0)  # [B]
+        logits, labels, losses = accelerator.gather_for_metrics((logits, labels, losses))
+        logits_all.append(logits.cpu())
+        labels_all.append(labels.cpu())
+        losses_all.append(losses.cpu())
+    logits, labels, losses = torch.cat(logits_all), torch.cat(labels_all), torch.cat(losses_all)
+    labelled = labels >= 0
+    result = dict(num_samples=len(labels), logits=logits, labels=labels, preds=logits.argmax(-1))
+    if labelled.any():
+        hits = topk_correct(logits[labelled], labels[labelled])
+        n = int(labelled.sum())
+        result.update(top1=hits[1] / n, top5=hits[5] / n, loss=losses[labelled].double().sum().item() / n)
+    return result
+
+
+def class_metrics(result: dict, keep: torch.Tensor, class_names: list, pairs: Optional[dict],
+                  label_smoothing: float) -> tuple[dict, dict]:
+    """(top1, top5, mean class accuracy, loss [, family / direction accuracy]; per-class accuracy and confusion)
+    of a :func:`gather_logits` result over the samples ``keep`` (bool [N], at least one): unreadable videos and
+    unlabelled ones are left out this way. The loss is the models' own: cross-entropy of the logits with the
+    run's label smoothing."""
+    logits, labels = result["logits"][keep], result["labels"][keep]  # [n, K], [n]
+    hits, n = topk_correct(logits, labels), len(labels)
+    report = classification_report(logits.argmax(-1), labels, class_names, pairs)
+    loss = classification_loss(logits, labels, label_smoothing).item()
+    headline = dict(top1=hits[1] / n, top5=hits[5] / n, mean_class_accuracy=report.pop("mean_class_accuracy"),
+                    loss=loss, **{k: report.pop(k) for k in ("family_accuracy", "direction_accuracy") if k in report})
+    return headline, report
+
+
+def test_line(headline: dict, cfg, single_view_top1: Optional[float]) -> str:
+    line = (f"test top1 {100 * headline['top1']:.1f}% | top5 {100 * headline['top5']:.1f}% | mean class accuracy "
+            f"{100 * headline['mean_class_accuracy']:.1f}%")
+    if single_view_top1 is not None:
+        line += (f" ({cfg.test_clips} clips x {cfg.test_crops} crops; single-view top1 "
+                 f"{100 * single_view_top1:.1f}%)")
+    if "direction_accuracy" in headline:
+        line += (f" | motion family {100 * headline['family_accuracy']:.1f}% | direction within family "
+                 f"{100 * headline['direction_accuracy']:.1f}%")
+    return line
+
+
+class ClassificationTask(Task):
+    name = "classification"
+
+    def train_correct(self, out, batch: dict) -> int:
+        return int((out.logits.argmax(-1) == batch["labels"].to(out.logits.device)).sum())
+
+    def epoch_record(self, loss_sum: float, correct: float, seen: float) -> dict:
+        return dict(train_loss=loss_sum / max(seen, 1), train_top1=correct / max(seen, 1))
+
+    def validate(self, model, loader, accelerator, show_progress: bool = False) -> dict:
+        val = gather_logits(model, loader, accelerator, "val", show_progress)
+        return dict(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
+
+    def score(self, record: dict) -> float:
+        return record.get("val_top1", record.get("train_top1"))
+
+    def test(self, run: TestRun) -> TestResult:
+        """Single-view always; with more than one test view also clips x crops views with averaged logits, which
+        then give the headline and per-class numbers. Videos found unreadable in either pass are left out of
+        both."""
+        cfg, accelerator = run.cfg, run.accelerator
+        views = cfg.test_clips * cfg.test_crops
+        passes = {"single_view": gather_logits(run.model, run.loader, accelerator, "test", run.show_progress)}
+        if views > 1:
+            multi_view = run.test_set.with_views(cfg.test_clips, cfg.test_crops)
+            loader = accelerator.prepare(make_loader(multi_view, cfg.batch_size, False, cfg.num_workers, cfg.seed))
+            passes["multi_view"] = gather_logits(MultiViewClassifier(run.model), loader, accelerator,
+                                                 f"test x{views}", run.show_progress)
+        keep = run.test_set.readable()
+        if not keep.any():
+            raise UsageError(f"none of the {len(run.test_set)} test videos could be read: "
+                             f"{run.test_set.bad_videos()[0]['reason']} (and the others alike)")
+        metrics = {name: class_metrics(result, keep, run.class_names, run.reversal_pairs, cfg.label_smoothing)
+                   for name, result in passes.items()}
+        headline, report = metrics["multi_view" if views > 1 else "single_view"]
+        headline = dict(num_samples=int(keep.sum()), num_bad_videos=int((~keep).sum()), **headline)
+        results = {"multi_view": None}
+        results.update({name: {k: m[0][k] for k in METRICS} for name, m in metrics.items()})
+        single = results["single_view"]["top1"] if views > 1 else None
+        return TestResult(headline, dict(class_names=run.class_names, **report), test_line(headline, cfg, single),
+                          results)
+
+    @torch.no_grad()
+    def predict(self, model, batch: dict, accelerator, cfg):
+        """Class logits [B, num_classes] (labels not passed)."""
+        inputs = model_inputs(model, batch, accelerator.device)
+        inputs["labels"] = None
+        with accelerator.autocast():
+            return model(**inputs).logits
+
+    def infer(self, run: InferenceRun) -> dict:
+        """Top-k classes per readable video; accuracy when the inputs have labels."""
+        cfg, class_names, dataset = run.cfg, run.class_names, run.dataset
+        model = MultiViewClassifier(run.model) if run.views["views"] > 1 else run.model
+        result = gather_logits(model, run.loader, run.accelerator, "inference", run.show_progress)
+        keep = dataset.readable()
+        probs = result["logits"].softmax(-1)
+        k = min(cfg.top_k, len(class_names))
+        predictions = []
+        for i in torch.nonzero(keep).flatten().tolist():
+            video_id = dataset.video_id(i)
+            p, idx = probs[i].topk(k)
+            top = [dict(class_name=class_names[c], probability=round(float(q), 4)) for q, c in zip(p, idx.tolist())]
+            label = int(result["labels"][i])
+            entry = dict(video=video_id, top_k=top, predicted=top[0]["class_name"])
+            if label >= 0:
+                entry.update(true_class=class_names[label], correct=top[0]["class_name"] == class_names[label])
+            predictions.append(entry)
+            shown = ", ".join(f"{t['class_name']} {100 * t['probability']:.1f}%" for t in top)
+            print(f"{video_id}: {shown}" + (f"  [true: {class_names[label]}]" if label >= 0 else ""))
+        output = dict(checkpoint=run.checkpoint, video_dir=cfg.video_dir, pretrained=run.info["pretrained"],
+                      views=run.views, predictions=predictions, bad_videos=dataset.bad_videos())
+        labelled = keep & (result["labels"] >= 0)
+        if labelled.any():
+            headline, report = class_metrics(result, labelled, class_names, None, cfg.label_smoothing)
+            output.update(top1=headline["top1"], top5=headline["top5"], num_labelled=int(labelled.sum()),
+                          mean_class_accuracy=headline["mean_class_accuracy"], **report)
+            print(f"accuracy on {output['num_labelled']} labelled videos: top1 {100 * output['top1']:.1f}% | "
+                  f"top5 {100 * output['top5']:.1f}%")
+        return output
