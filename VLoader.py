@@ -14,9 +14,22 @@ from videolab.data.audio import attach_audio
 from videolab.data.clips import DataBundle, make_loader  # noqa: F401  (make_loader: the loaders of every split)
 from videolab.data.frames import FrameFolderDataset
 from videolab.data.registry import DATASETS
-from videolab.data.sampling import clip_spec, spec_options
+from videolab.data.sampling import ClipSpec, make_clip_spec, spec_options
 from videolab.data.video_io import FrameCache
 from videolab.data.videos import inference_videos
+
+
+def clip_spec(cfg, mean, std, train: bool) -> ClipSpec:
+    """The ClipSpec of a split from the settings. Training augmentation ``auto``: random resized crops and flips
+    for real videos; neither for a dataset whose labels tell left from right (the registry's ``mirror_classes``:
+    the synthetic one has move left / move right, where a flip would swap the label; QA answers say left and
+    right)."""
+    mirrored = DATASETS.meta(cfg.dataset).get("mirror_classes", False)
+    random_crop = cfg.train_crop == "random_resized" or (cfg.train_crop == "auto" and not mirrored)
+    flip = cfg.horizontal_flip if cfg.horizontal_flip is not None else not mirrored
+    return make_clip_spec(cfg.num_frames, cfg.image_size, mean, std, sampling=cfg.sampling,
+                          frame_stride=cfg.frame_stride, train=train, random_crop=train and random_crop,
+                          crop_scale_min=cfg.crop_scale_min, flip=train and flip)
 
 
 def source(cfg):
@@ -54,7 +67,7 @@ def build_datasets(cfg, mean, std, parts: Sequence[str] = ("train", "val", "test
                    modalities: Sequence[str] = ()) -> DataBundle:
     """The requested splits of the configured dataset (others are None), normalised with ``mean`` / ``std``;
     with ``audio`` among the model's ``modalities``, items also carry the clip's log-mel features."""
-    bundle = source(cfg).build(cfg, mean, std, parts)
+    bundle = source(cfg).build(cfg, clip_spec(cfg, mean, std, True), clip_spec(cfg, mean, std, False), parts)
     if "audio" in modalities:
         attach_audio([bundle.train, bundle.val, bundle.test], cfg)
     return bundle

@@ -1,8 +1,8 @@
 """The command line of every script: one parser over the settings, choices from the registries, exit codes.
 
 Every :class:`~videolab.core.settings.Settings` field is a flag; a field whose metadata names a ``registry``
-gets its choices from that registry (``models/registry.py``, ``data/registry.py``), which the help lists. This
-module and the registries it reads import no torch, so ``--help`` and a mistyped flag answer at once.
+gets its choices from that registry (``models/registry.py``, ``data/registry.py``, ``data/sampling.py``,
+``tasks/registry.py``), which the help lists. This module and the registries it reads import no torch, so ``--help`` and a mistyped flag answer at once.
 
 :func:`resolve` parses defaults < YAML < flags and checks each value alone; the combinations are checked by the
 parts that own them (``build_model.check_settings``). :func:`run_cli` runs a script's ``main`` and turns the
@@ -19,7 +19,8 @@ from videolab.core.errors import IncompleteResult, RunError, UsageError
 from videolab.core.registry import Choices, Registry, nearest
 from videolab.core.settings import (DEFAULT_CONFIG_FILE, FIELDS, Settings, check_values, coerce, field_type,
                                     load_yaml)
-from videolab.data.registry import DATASETS, SAMPLINGS
+from videolab.data.registry import DATASETS
+from videolab.data.sampling import SAMPLINGS
 from videolab.models.registry import BACKBONES, FUSIONS
 from videolab.tasks.registry import TASK_FLAGS
 

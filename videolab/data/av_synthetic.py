@@ -41,7 +41,7 @@ from videolab.core.errors import UsageError
 from videolab.core.files import atomic_file, write_json, write_text
 from videolab.data import synthetic
 from videolab.data.clips import DataBundle
-from videolab.data.sampling import clip_spec
+from videolab.data.sampling import ClipSpec
 from videolab.data.videos import build_video_datasets
 
 MOTIONS = (0, 2, 4, 6)  # synthetic labels: move_right, move_down, rotate_clockwise, grow
@@ -164,11 +164,10 @@ def dataset_class_names(cfg) -> list[str]:
         return json.load(fh)["class_names"]
 
 
-def build_av_datasets(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
+def build_av_datasets(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> DataBundle:
     """train / val (held out of train, stratified, seeded) / test."""
     ensure_av_dataset(cfg)
-    folder = as_videofolder(cfg)
-    bundle = build_video_datasets(folder, clip_spec(cfg, mean, std, True), clip_spec(cfg, mean, std, False), parts)
+    bundle = build_video_datasets(as_videofolder(cfg), train_spec, eval_spec, parts)
     if "text" in (getattr(cfg, "modalities", None) or "").split(","):
         attach_hints(cfg.data_root, [bundle.train, bundle.val, bundle.test])
     return bundle
@@ -201,8 +200,8 @@ class AudioVisualSource:
         return dataset_class_names(cfg)
 
     @staticmethod
-    def build(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
-        return build_av_datasets(cfg, mean, std, parts)
+    def build(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> DataBundle:
+        return build_av_datasets(cfg, train_spec, eval_spec, parts)
 
     @staticmethod
     def texts(cfg) -> list[str]:

@@ -274,8 +274,9 @@ class DatasetSource(Protocol):
     def class_names(self, cfg) -> list[str]:
         """The class names, without decoding anything."""
 
-    def build(self, cfg, mean, std, parts: Sequence[str]) -> "DataBundle":
-        """The requested splits (``train``, ``val``, ``test``; others None), normalised with ``mean`` / ``std``."""
+    def build(self, cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> "DataBundle":
+        """The requested splits (``train``, ``val``, ``test``; others None), seen through the training and the
+        evaluation ClipSpec (frames, size, normalisation, augmentation: ``VLoader.clip_spec``)."""
 
     def texts(self, cfg) -> list[str]:
         """The texts an offline tokenizer of a captioner is trained on (the training captions or answers)."""

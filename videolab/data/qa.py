@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -43,7 +43,7 @@ from videolab.core.errors import UsageError
 from videolab.core.files import write_json
 from videolab.data.clips import BadVideoLog, ClipDataset, DataBundle, stratified_split
 from videolab.data.frames import _image_files, read_frames
-from videolab.data.sampling import clip_spec
+from videolab.data.sampling import ClipSpec
 from videolab.data.synthetic import CAPTION_VERB, read_annotations
 from videolab.data.video_io import VideoError, is_video_file, probe_video, read_frames as read_video_frames, \
     resized_shape
@@ -212,12 +212,10 @@ def training_texts(cfg) -> list[str]:
     return [r.answer for r in records] + [r.question for r in records if r.question]
 
 
-def build(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
-    """train / val / test QAVideoDatasets. No flips or random crops unless asked for: answers say left and right."""
+def build(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> DataBundle:
+    """train / val / test QAVideoDatasets (no flips or random crops unless asked for: answers say left and
+    right, which the registry's ``mirror_classes`` tells ``VLoader.clip_spec``)."""
     root = _root(cfg)
-    train_spec, eval_spec = clip_spec(cfg, mean, std, True), clip_spec(cfg, mean, std, False)
-    train_spec = replace(train_spec, flip=bool(cfg.horizontal_flip),
-                         random_crop=cfg.train_crop == "random_resized")
     lists = {split: read_records(split_path(root, split)) for split in SPLIT_FILES if split_path(root, split)}
     if "val" not in lists and cfg.val_fraction > 0:
         train = lists["train"]
@@ -272,8 +270,8 @@ class QASource:
         return class_names(cfg)
 
     @staticmethod
-    def build(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
-        return build(cfg, mean, std, parts)
+    def build(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> DataBundle:
+        return build(cfg, train_spec, eval_spec, parts)
 
     @staticmethod
     def texts(cfg) -> list[str]:

@@ -1,4 +1,5 @@
-"""The data registries: ``--dataset`` and ``--sampling`` names, the only place they are looked up.
+"""The dataset registry: ``--dataset`` names, the only place they are looked up (``--sampling`` names are
+``sampling.SAMPLINGS``).
 
 Importing this module imports no torch (the command line reads it for ``--help``); a dataset's source is
 imported when it is first used.
@@ -10,7 +11,8 @@ data holds, so a model that needs something the data lacks is refused before any
 * ``provides``: ``labels`` (classes), ``captions`` (a reference text per clip), ``hints`` (a text given to the
   model with the clip), ``prompts`` (a question per clip), ``audio`` (video files that may have sound);
 * ``tasks``: the tasks (``videolab.tasks.registry``) it can train;
-* ``mirror_classes``: its classes come in left/right mirror pairs, so flips and random crops are off by default.
+* ``mirror_classes``: its labels (or answers) tell left from right, so flips and random crops are off by
+  default (``VLoader.clip_spec``).
 
 Adding a dataset: a source class in a module of this folder, and one ``DATASETS.add`` line here.
 """
@@ -29,9 +31,4 @@ DATASETS.add("videofolder", "videolab.data.videos:VideoFolderSource", provides=(
 DATASETS.add("synthetic_av", "videolab.data.av_synthetic:AudioVisualSource", provides=("labels", "audio", "hints"),
              tasks=("classification", "pretraining"), help="synthetic audio-visual .mp4 clips, generated if missing")
 DATASETS.add("qa_json", "videolab.data.qa:QASource", provides=("captions", "prompts"), tasks=("captioning",),
-             help="video question-answer records <data_root>/{train,test}.json")
-
-SAMPLINGS = Registry("temporal sampling", flag="sampling")
-SAMPLINGS.add("uniform", help="T equal segments, the centre frame of each")
-SAMPLINGS.add("segment", help="TSN: a random frame in each of the T segments in training, the centres in evaluation")
-SAMPLINGS.add("dense", help="T frames --frame_stride apart, a random start in training, centred in evaluation")
+             mirror_classes=True, help="video question-answer records <data_root>/{train,test}.json")

@@ -25,9 +25,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Sequence
 
-import torch
+from videolab.core.registry import Registry
 
-from videolab.data.registry import DATASETS, SAMPLINGS
+# --sampling names (the command line reads them: this module imports torch only when a clip is drawn)
+SAMPLINGS = Registry("temporal sampling", flag="sampling")
+SAMPLINGS.add("uniform", help="T equal segments, the centre frame of each")
+SAMPLINGS.add("segment", help="TSN: a random frame in each of the T segments in training, the centres in evaluation")
+SAMPLINGS.add("dense", help="T frames --frame_stride apart, a random start in training, centred in evaluation")
 
 # ----------------------------------------------------------------------------------------------------------------
 # temporal sampling (pure)
@@ -105,6 +109,7 @@ class ClipSpec:
 def clip_indices(spec: ClipSpec, num_available: int, clip: int = 0) -> list[int]:
     """The frame indices of clip ``clip`` (0..spec.clips-1) of a video with ``num_available`` frames.
     Training draws its random positions from torch's global RNG."""
+    import torch  # here, not at the top: the command line imports this module for the --sampling names
     t = spec.num_frames
     if spec.train:
         if spec.sampling == "segment":
@@ -124,15 +129,3 @@ def make_clip_spec(num_frames: int, image_size: int, mean, std, **options) -> Cl
 def spec_options(spec: ClipSpec) -> dict:
     """The ClipSpec fields after (num_frames, image_size, mean, std), as keyword arguments for a dataset."""
     return {f.name: getattr(spec, f.name) for f in fields(spec)[4:]}
-
-
-def clip_spec(cfg, mean, std, train: bool) -> ClipSpec:
-    """The ClipSpec of a split from the settings. Training augmentation ``auto``: random resized crops and flips
-    for real videos; neither for a dataset whose classes come in mirror pairs (the synthetic one has move left /
-    move right: a flip would swap the label; its published numbers were trained without them)."""
-    mirrored = DATASETS.meta(cfg.dataset).get("mirror_classes", False)
-    random_crop = cfg.train_crop == "random_resized" or (cfg.train_crop == "auto" and not mirrored)
-    flip = cfg.horizontal_flip if cfg.horizontal_flip is not None else not mirrored
-    return make_clip_spec(cfg.num_frames, cfg.image_size, mean, std, sampling=cfg.sampling,
-                          frame_stride=cfg.frame_stride, train=train, random_crop=train and random_crop,
-                          crop_scale_min=cfg.crop_scale_min, flip=train and flip)

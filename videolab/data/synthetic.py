@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from videolab.core.errors import UsageError
 from videolab.core.files import atomic_file, write_json, write_text
 from videolab.data.clips import BadVideoLog, ClipDataset, DataBundle, label_budget, stratified_split
-from videolab.data.sampling import ClipSpec, clip_spec, make_clip_spec, spec_options
+from videolab.data.sampling import ClipSpec, make_clip_spec, spec_options
 
 CLASS_NAMES = ("move_right", "move_left", "move_down", "move_up", "rotate_clockwise", "rotate_counterclockwise",
                "grow", "shrink")
@@ -302,12 +302,12 @@ class SyntheticVideoDataset(ClipDataset):
                     caption=rec.get("caption", ""), hint=rec.get("hint", ""))
 
 
-def build_splits(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
+def build_splits(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> DataBundle:
     """train / val (held out of train, stratified, seeded) / test of the synthetic dataset."""
-    root, train_spec, eval_spec = cfg.data_root, clip_spec(cfg, mean, std, True), clip_spec(cfg, mean, std, False)
+    root = cfg.data_root
 
     def split(name: str, spec: ClipSpec, indices=None) -> SyntheticVideoDataset:
-        return SyntheticVideoDataset(root, name, spec.num_frames, spec.image_size, mean, std, indices,
+        return SyntheticVideoDataset(root, name, spec.num_frames, spec.image_size, spec.mean, spec.std, indices,
                                      **spec_options(spec))
     train = val = test = None
     if "train" in parts or "val" in parts:
@@ -346,8 +346,8 @@ class SyntheticSource:
         return read_class_names(cfg.data_root)
 
     @staticmethod
-    def build(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
-        return build_splits(cfg, mean, std, parts)
+    def build(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> DataBundle:
+        return build_splits(cfg, train_spec, eval_spec, parts)
 
     @staticmethod
     def texts(cfg) -> list[str]:

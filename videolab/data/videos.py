@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from videolab.core.errors import UsageError
 from videolab.data.clips import BadVideoLog, ClipDataset, DataBundle, label_budget, natural_key, stratified_split
 from videolab.data.frames import SideFiles
-from videolab.data.sampling import ClipSpec, clip_spec
+from videolab.data.sampling import ClipSpec
 from videolab.data.video_io import (VIDEO_EXTENSIONS, FrameCache, VideoError, VideoIndex, is_video_file,
                                     probe_video, read_frames, resized_shape)
 
@@ -447,8 +447,8 @@ class VideoFileSource:
         return video_class_names(cfg)
 
     @staticmethod
-    def build(cfg, mean, std, parts: Sequence[str]) -> DataBundle:
-        return build_video_datasets(cfg, clip_spec(cfg, mean, std, True), clip_spec(cfg, mean, std, False), parts)
+    def build(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> DataBundle:
+        return build_video_datasets(cfg, train_spec, eval_spec, parts)
 
     @staticmethod
     def texts(cfg) -> list[str]:
