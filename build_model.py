@@ -62,11 +62,12 @@ class BuiltModel:
     info: dict  # recorded in checkpoints and eval outputs
     language: Any = None  # videolab.models.language.LanguageModel when a language model is inside
     kind: str = "classifier"  # its MODEL_KINDS name
+    task_name: str = "classification"  # the TASKS name of the task that trains and judges it
 
     @property
     def task(self):
         """The task that trains and judges this model (a ``videolab.tasks.base.Task``)."""
-        return TASKS.get(MODEL_KINDS.meta(self.kind)["task"])()
+        return TASKS.get(self.task_name)()
 
     @property
     def modalities(self) -> tuple:
@@ -301,10 +302,6 @@ def needs_hints(cfg) -> tuple:
     return ("hints",) if cfg.use_text else ()
 
 
-def captioner_needs(cfg) -> tuple:
-    return ("captions",) + needs_hints(cfg)
-
-
 # name -> the kind's builder; order matters: the first kind whose ``selects`` holds is built (the pretrainer is
 # selected by its task). meta: task, selects(cfg), check(cfg), needs(cfg) (what the data must provide), texts
 # (which texts train an offline tokenizer: captions or hints), flags (settings only this kind reads, with the
@@ -314,18 +311,18 @@ MODEL_KINDS = Registry("model kind")
 MODEL_KINDS.add("pretrainer", build_pretrainer, task="pretraining", selects=lambda cfg: False, check=lambda cfg: None,
                 needs=lambda cfg: (), texts=None)
 MODEL_KINDS.add("composed", build_composed, task="classification", check=check_composed, texts="hints",
-                selects=lambda cfg: bool(cfg.modalities or cfg.model_config), needs=lambda cfg: ("labels",),
+                selects=lambda cfg: bool(cfg.modalities or cfg.model_config), needs=lambda cfg: (),
                 export=lambda *args: export_composed(*args))
 MODEL_KINDS.add("qwen2_vl", build_qwen_vl, task="captioning", selects=uses_qwen_vl, check=check_language_model,
-                needs=captioner_needs, texts="captions", flags=("train_vision_tower", "gradient_checkpointing"),
+                needs=needs_hints, texts="captions", flags=("train_vision_tower", "gradient_checkpointing"),
                 label="Qwen2-VL", selected_by="--use_vlm True --captioning True --language_model qwen2-vl")
 MODEL_KINDS.add("captioner", build_captioner, task="captioning", check=check_language_model, texts="captions",
-                selects=lambda cfg: cfg.use_vlm and cfg.captioning, needs=captioner_needs)
+                selects=lambda cfg: cfg.use_vlm and cfg.captioning, needs=needs_hints)
 MODEL_KINDS.add("vision_language", build_vision_language, task="classification", check=check_language_model,
-                selects=lambda cfg: cfg.use_vlm, needs=lambda cfg: ("labels",) + needs_hints(cfg), texts="hints",
+                selects=lambda cfg: cfg.use_vlm, needs=needs_hints, texts="hints",
                 unused_parameters=True)
 MODEL_KINDS.add("classifier", build_classifier, task="classification", check=check_classifier,
-                selects=lambda cfg: True, needs=lambda cfg: ("labels",), texts=None,
+                selects=lambda cfg: True, needs=lambda cfg: (), texts=None,
                 export=lambda *args: export_classifier(*args))
 
 
@@ -391,7 +388,7 @@ def check_settings(cfg: Settings, explicit: Sequence[str] = ()) -> None:
     check_part_flags(cfg, explicit, task, kind)
     meta["check"](cfg)
     check_views(cfg, task)
-    check_data_fits(cfg, task.name, meta["needs"](cfg))
+    check_data_fits(cfg, (*TASKS.meta(task.name).get("needs", ()), *meta["needs"](cfg)))
     if "fusion" in explicit and backbone_kind(cfg.vision_model) == "video" and kind == "classifier":
         raise UsageError(f"--fusion applies to per-frame (timm) backbones; {cfg.vision_model} models time itself. "
                          f"Drop --fusion or choose e.g. --vision_model vit_small_patch16_224")
@@ -420,21 +417,20 @@ def check_part_flags(cfg, explicit: Sequence[str], task, kind: str) -> None:
             raise UsageError(f"--{given[0]} applies to {meta['label']}: add {meta['selected_by']}, or drop the flag")
 
 
-def check_data_fits(cfg, task: str, needs: Sequence[str]) -> None:
-    """The dataset can train the task and holds what the model reads."""
+def check_data_fits(cfg, needs: Sequence[str]) -> None:
+    """The dataset holds what the task and the model need (labels, captions, hints, audio ...)."""
     meta = DATASETS.meta(cfg.dataset)
-    if task not in meta["tasks"]:
-        if "captioning" in meta["tasks"]:
-            raise UsageError(f"--dataset {cfg.dataset} holds question-answer records for a captioner: add --use_vlm "
-                             f"True --captioning True (e.g. with --language_model qwen2-vl)")
-        raise UsageError(f"--dataset {cfg.dataset} cannot train {task}; it serves {', '.join(meta['tasks'])}")
     missing = [need for need in needs if need not in meta["provides"]]
-    if missing and missing[0] in ("captions", "hints"):
+    if not missing:
+        return
+    if "fix" in meta:
+        raise UsageError(f"--dataset {cfg.dataset} has no {missing[0]}: {meta['fix']}")
+    if missing[0] in ("captions", "hints"):
         name = "captioning" if cfg.captioning else "use_text"
         raise UsageError(f"--{name} True needs the captions and text hints of the synthetic dataset; --dataset "
                          f"{cfg.dataset} has none: use --dataset synthetic or drop --{name}")
-    if missing:
-        raise UsageError(f"--dataset {cfg.dataset} has no {missing[0]}, which this model needs")
+    raise UsageError(f"--dataset {cfg.dataset} has no {missing[0]}, which this run needs; choose a dataset that "
+                     f"provides it ({', '.join(n for n in DATASETS if missing[0] in DATASETS.meta(n)['provides'])})")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -453,7 +449,7 @@ def build_model(cfg: Settings, num_classes: int, arch: Optional[dict] = None, ve
     if num_classes < 2 and MODEL_KINDS.meta(kind)["task"] == "classification":
         raise ValueError(f"need at least 2 classes, got {num_classes}")
     built = MODEL_KINDS.get(kind)(cfg, num_classes, arch, language_arch, checkpoint_folder, texts, verbose)
-    built.kind = kind
+    built.kind, built.task_name = kind, task_name(cfg)
     return built
 
 
