@@ -40,7 +40,7 @@ import numpy as np
 from videolab.core.errors import UsageError
 from videolab.core.files import atomic_file, write_json, write_text
 from videolab.data import synthetic
-from videolab.data.clips import DataBundle
+from videolab.data.clips import DataBundle, DatasetSource
 from videolab.data.sampling import ClipSpec
 from videolab.data.videos import build_video_datasets
 
@@ -188,25 +188,17 @@ def attach_hints(root: str, datasets) -> None:
                              for item in dataset.items]
 
 
-class AudioVisualSource:
+class AudioVisualSource(DatasetSource):
     """``--dataset synthetic_av`` (registered in ``data/registry.py``)."""
+
+    class_names = staticmethod(dataset_class_names)
+    build = staticmethod(build_av_datasets)
 
     @staticmethod
     def ensure(cfg, quiet: bool = True) -> None:
         ensure_av_dataset(cfg)
 
     @staticmethod
-    def class_names(cfg) -> list[str]:
-        return dataset_class_names(cfg)
-
-    @staticmethod
-    def build(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> DataBundle:
-        return build_av_datasets(cfg, train_spec, eval_spec, parts)
-
-    @staticmethod
-    def texts(cfg) -> list[str]:
-        return []
-
-    @staticmethod
     def hints(cfg) -> list[str]:
+        """Every text hint (the motion family in words)."""
         return list(synthetic.HINT_BY_FAMILY.values())

@@ -16,7 +16,7 @@ import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -265,18 +265,27 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
                       generator=generator, persistent_workers=num_workers > 0)
 
 
-class DatasetSource(Protocol):
-    """What ``data/registry.py`` registers for a ``--dataset`` name. ``cfg`` is the run's settings."""
+class DatasetSource:
+    """What ``data/registry.py`` registers for a ``--dataset`` name. ``cfg`` is the run's settings. Subclasses
+    implement ``class_names`` and ``build``; the rest has defaults for data that is never generated and has no
+    texts."""
 
-    def ensure(self, cfg, quiet: bool = True) -> None:
-        """Make the data exist (a synthetic dataset is generated if missing); real datasets only check nothing."""
+    @staticmethod
+    def ensure(cfg, quiet: bool = True) -> None:
+        """Make the data exist (a synthetic dataset is generated if missing); real datasets do nothing."""
 
-    def class_names(self, cfg) -> list[str]:
+    @staticmethod
+    def class_names(cfg) -> list[str]:
         """The class names, without decoding anything."""
+        raise NotImplementedError
 
-    def build(self, cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> "DataBundle":
+    @staticmethod
+    def build(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> "DataBundle":
         """The requested splits (``train``, ``val``, ``test``; others None), seen through the training and the
         evaluation ClipSpec (frames, size, normalisation, augmentation: ``VLoader.clip_spec``)."""
+        raise NotImplementedError
 
-    def texts(self, cfg) -> list[str]:
+    @staticmethod
+    def texts(cfg) -> list[str]:
         """The texts an offline tokenizer of a captioner is trained on (the training captions or answers)."""
+        return []

@@ -41,7 +41,7 @@ import torch
 
 from videolab.core.errors import UsageError
 from videolab.core.files import write_json
-from videolab.data.clips import BadVideoLog, ClipDataset, DataBundle, stratified_split
+from videolab.data.clips import BadVideoLog, ClipDataset, DataBundle, DatasetSource, stratified_split
 from videolab.data.frames import _image_files, read_frames
 from videolab.data.sampling import ClipSpec
 from videolab.data.synthetic import CAPTION_VERB, read_annotations
@@ -118,7 +118,7 @@ def read_records(path: str) -> list[QARecord]:
         try:
             data = [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as exc:
-            raise UsageError(f"{path} is neither a JSON list nor JSON Lines ({exc}); see sft_data.py for the "
+            raise UsageError(f"{path} is neither a JSON list nor JSON Lines ({exc}); see videolab/data/qa.py for the "
                              f"format") from None
     base = os.path.dirname(os.path.abspath(path))
     records = []
@@ -258,21 +258,10 @@ def write_synthetic(root: str, out: str, motion_questions: bool = False) -> list
     return written
 
 
-class QASource:
-    """``--dataset qa_json`` (registered in ``data/registry.py``)."""
+class QASource(DatasetSource):
+    """``--dataset qa_json`` (registered in ``data/registry.py``); records are never generated here
+    (``apps/make_qa_dataset.py`` writes the synthetic ones)."""
 
-    @staticmethod
-    def ensure(cfg, quiet: bool = True) -> None:
-        """Records are never generated here (``apps/make_qa_dataset.py`` writes the synthetic ones)."""
-
-    @staticmethod
-    def class_names(cfg) -> list[str]:
-        return class_names(cfg)
-
-    @staticmethod
-    def build(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> DataBundle:
-        return build(cfg, train_spec, eval_spec, parts)
-
-    @staticmethod
-    def texts(cfg) -> list[str]:
-        return training_texts(cfg)
+    class_names = staticmethod(class_names)
+    build = staticmethod(build)
+    texts = staticmethod(training_texts)

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from videolab.core.errors import UsageError
 from videolab.core.files import atomic_file, write_json, write_text
-from videolab.data.clips import BadVideoLog, ClipDataset, DataBundle, label_budget, stratified_split
+from videolab.data.clips import BadVideoLog, ClipDataset, DataBundle, DatasetSource, label_budget, stratified_split
 from videolab.data.sampling import ClipSpec, make_clip_spec, spec_options
 
 CLASS_NAMES = ("move_right", "move_left", "move_down", "move_up", "rotate_clockwise", "rotate_counterclockwise",
@@ -323,7 +323,7 @@ def build_splits(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence
     return DataBundle(train, val, test, read_class_names(root))
 
 
-class SyntheticSource:
+class SyntheticSource(DatasetSource):
     """``--dataset synthetic``: the generated motion clips (registered in ``data/registry.py``)."""
 
     @staticmethod
@@ -341,13 +341,11 @@ class SyntheticSource:
         write_dataset(cfg.data_root, num_frames=max(cfg.num_frames, 2), size=max(cfg.image_size, 16), seed=cfg.seed,
                       quiet=quiet, task=cfg.synthetic_task)
 
+    build = staticmethod(build_splits)
+
     @staticmethod
     def class_names(cfg) -> list[str]:
         return read_class_names(cfg.data_root)
-
-    @staticmethod
-    def build(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> DataBundle:
-        return build_splits(cfg, train_spec, eval_spec, parts)
 
     @staticmethod
     def texts(cfg) -> list[str]:

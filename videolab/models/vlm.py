@@ -70,7 +70,7 @@ class VisionLanguageClassifier(nn.Module):
             self.tokenizer.bos_token_id
         self.sep_id = self.tokenizer.sep_token_id if self.tokenizer.sep_token_id is not None else \
             self.tokenizer.eos_token_id
-        if self.cls_id is None:  # Qwen2 has no [CLS]/<bos>: its end-of-text marks the start (issue 9)
+        if self.cls_id is None:  # Qwen2 has no [CLS]/<bos>: its end-of-text marks the start
             self.cls_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.sep_id
         self.last_token_pooling = config.model_type in LAST_TOKEN_POOLING  # decoders: the last real token's state
         self.pad_id = self.tokenizer.pad_token_id or 0
