@@ -268,7 +268,7 @@ def write_video(path: str, frames: np.ndarray, fps: int = 25, codec: Optional[st
         raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
     ext = os.path.splitext(path)[1].lower()
     codec = codec or {".avi": "mpeg4", ".webm": "libvpx-vp9"}.get(ext, "libx264")
-    with av.open(path, "w") as container:
+    with atomic_file(path, keep_extension=True) as tmp, av.open(tmp, "w") as container:
         stream = container.add_stream(codec, rate=Fraction(fps))
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = pix_fmt

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from videolab.core.files import atomic_folder
+
 PAD, BOS, EOS, UNK = "<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3, in this order
 IGNORE_INDEX = -100  # label value the cross-entropy skips
@@ -69,8 +71,10 @@ def train_caption_tokenizer(texts: list[str], vocab_size: int = 512):
 
 
 def save_tokenizer(tokenizer, folder: str) -> str:
-    """``tokenizer.save_pretrained(folder)``; reload with ``load_tokenizer(folder)`` (no network)."""
-    tokenizer.save_pretrained(folder)
+    """``tokenizer.save_pretrained(folder)``, written atomically; reload with ``load_tokenizer(folder)`` (no
+    network)."""
+    with atomic_folder(folder) as tmp:
+        tokenizer.save_pretrained(tmp)
     return folder
 
 
