@@ -49,7 +49,7 @@ from videolab.models.language import (LanguageModel, is_causal, load_causal_lm, 
 from videolab.models.pretrainer import DECODER_PRESETS, build_video_pretrainer
 from videolab.models.qwen_vl import (QwenVLCaptioner, is_qwen_vl_name, load_qwen_vl, lora_settings,
                                      prepare_for_training, rebuild_qwen_vl)
-from videolab.models.registry import backbone_kind, build_backbone, check_vision_model
+from videolab.models.registry import FUSIONS, backbone_kind, build_backbone, check_vision_model
 from videolab.models.vlm import VideoTokenEncoder, VisionLanguageClassifier
 from videolab.tasks.registry import TASKS
 
@@ -257,9 +257,10 @@ def refuse_language_flags(cfg, names: Sequence[str] = LANGUAGE_FLAGS + ("languag
 
 def check_classifier(cfg) -> None:
     refuse_language_flags(cfg)
-    if cfg.fusion == "concat":
-        raise UsageError("--fusion concat joins several modalities: add --modalities video,audio (or "
-                         "--model_config), or choose transformer, mamba, mean or bottleneck")
+    temporal = FUSIONS.where(temporal=True)
+    if cfg.fusion not in temporal:  # a fusion of several modalities (models/registry.py: temporal=False)
+        raise UsageError(f"--fusion {cfg.fusion} joins several modalities: add --modalities video,audio (or "
+                         f"--model_config), or choose {', '.join(temporal)}")
 
 
 def check_language_model(cfg) -> None:
