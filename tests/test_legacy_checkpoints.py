@@ -1,7 +1,8 @@
 """Checkpoints and exports written by the flat-layout code (tests/fixtures/legacy_v1, commit 3a2e19e) still load:
 rebuilt from their folder alone they give the logits the old code gave, inference.py and --eval_only run them,
-a resumable checkpoint continues, the export loads with its LoRA adapter, and the composed model's saved
-``_target_`` names (audio.AudioEncoder, fusion.TransformerFusion) resolve."""
+a resumable checkpoint continues, the export loads with its LoRA adapter, a pretrained backbone folder
+fine-tunes through --pretrained, and the composed model's saved ``_target_`` names (audio.AudioEncoder,
+fusion.TransformerFusion) resolve."""
 import os
 import shutil
 
@@ -74,3 +75,19 @@ def test_a_legacy_resumable_checkpoint_continues(tiny_dataset, tmp_path):
                               "--num_frames", "4", "--image_size", "32", "--batch_size", "8", "--seed", "0",
                               "--epochs", "2", "--max_steps", "2", *QUIET])
     assert [r["step"] for r in report["history"]] == [1, 2] and report["run_dir"] == run
+
+
+def test_a_legacy_pretrained_backbone_fine_tunes(tiny_dataset, tmp_path):
+    folder = os.path.join(LEGACY, "pretrained_backbone")
+    report = train_main.main(["--pretrained", folder, "--use_lora_vision", "True", "--model_size", "tiny",
+                              "--num_frames", "4", "--image_size", "32", "--data_root", tiny_dataset, "--output_dir",
+                              str(tmp_path), "--epochs", "1", "--max_steps", "1", "--batch_size", "8", *QUIET])
+    assert report["pretrained"] is True and report["weights_source"] == folder
+    from transformers import VideoMAEModel
+    saved = VideoMAEModel.from_pretrained(folder).state_dict()  # the folder's weights as transformers reads them
+    trained = load_file(os.path.join(report["checkpoint"], "model.safetensors"))
+    base = {k.replace("backbone.base_model.model.model.", "").replace(".base_layer", ""): v for k, v in trained.items()
+            if k.startswith("backbone.") and "lora_" not in k}
+    assert saved.keys() == base.keys()
+    for key, value in saved.items():  # LoRA trains adapters only: the loaded backbone weights are unchanged
+        torch.testing.assert_close(base[key], value, rtol=0, atol=0)
