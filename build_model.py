@@ -362,7 +362,7 @@ def resolve_settings(cfg: Settings) -> Settings:
     changes = {}
     if cfg.use_vlm and cfg.language_model is None:
         changes["language_model"] = "gpt2" if cfg.captioning else "bert"
-    if cfg.model_config and not cfg.use_vlm:
+    if cfg.model_config and not cfg.modalities and not cfg.use_vlm:  # a checkpoint's settings hold them already
         changes["modalities"] = ",".join(compose.composition(cfg)["encoders"])
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
