@@ -223,3 +223,20 @@ def test_train_then_infer_without_flags(av_root, in_tmp):
                              os.path.join(av_root, av_data.VIDEOS_DIR, av_data.class_names()[0]),
                              "--predictions_file", str(in_tmp / "p.json")])
     assert len(output["predictions"]) == 3  # train_0, train_1, test_0
+
+
+def test_a_checkpoint_of_a_model_config_file_runs_without_the_file(av_root, in_tmp):
+    """The composition is recorded with the checkpoint: inference does not read --model_config again."""
+    import inference
+    import main
+    path = in_tmp / "model.yaml"
+    path.write_text(yaml.safe_dump(dict(model=SECTION)))
+    main.main(TINY[:-2] + ["--dataset", "synthetic_av", "--data_root", av_root, "--model_config", str(path),
+                           "--epochs", "1", "--max_steps", "1", "--batch_size", "4", "--output_dir",
+                           str(in_tmp / "runs"), "--run_name", "yaml", "--quiet", "--summary_csv", "none",
+                           "--speed_repeats", "0", "--val_fraction", "0"])
+    path.unlink()
+    output = inference.main(["--checkpoint", str(in_tmp / "runs" / "yaml" / "best"), "--video_dir",
+                             os.path.join(av_root, av_data.VIDEOS_DIR, av_data.class_names()[0]),
+                             "--predictions_file", str(in_tmp / "p.json")])
+    assert len(output["predictions"]) == 3
