@@ -81,5 +81,10 @@ def finish(cfg, output: dict, what: str) -> dict:
     return output
 
 
+def cli() -> int:
+    """The console script ``videolab-infer`` (pyproject.toml): this file's command line; returns the exit code."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(cli())

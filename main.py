@@ -157,5 +157,10 @@ def checkpoint_to_evaluate(cli) -> str:
     return cli.checkpoint
 
 
+def cli() -> int:
+    """The console script ``videolab-train`` (pyproject.toml): this file's command line; returns the exit code."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(cli())
