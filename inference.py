@@ -14,11 +14,16 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-from videolab.cli import resolve, run_cli
+from videolab.cli import INFERENCE_ORDER, resolve, run_cli
+
+# --help: what inference uses comes first; the flags a checkpoint fixes only select one
+_PICKS = "the checkpoint fixes these: given here, they pick the newest run under --output_dir that matches and must agree with it"
+HELP_NOTES = {"model": _PICKS, "language": _PICKS, "data": _PICKS,
+              "training": "training flags: no effect on a trained checkpoint"}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    cli, explicit, _ = resolve(argv, "inference.py", __doc__.splitlines()[0])
+    cli, explicit, _ = resolve(argv, "inference.py", __doc__.splitlines()[0], order=INFERENCE_ORDER, notes=HELP_NOTES)
     import build_model  # after parsing: --help and flag mistakes answer before torch is imported
     import VLoader
     from videolab.core.checkpoints import read_run_config

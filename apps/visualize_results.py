@@ -12,7 +12,6 @@ from typing import Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for videolab
 
 from videolab.cli import Parser, run_cli  # noqa: E402
-from videolab.evaluation.plots import write_plots  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[str]:
@@ -22,6 +21,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[str]:
     parser.add_argument("--data_root", default=None,
                         help="dataset folder for the caption frames (default: the one recorded in eval.json)")
     args = parser.parse_args(argv)
+    from videolab.evaluation.plots import write_plots  # after parsing: --help answers before matplotlib loads
     written = write_plots(args.run_dir, args.out_dir, args.data_root)
     for path in written:
         print(f"wrote {path}")

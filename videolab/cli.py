@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from videolab.core.errors import IncompleteResult, RunError, UsageError
 from videolab.core.registry import Choices, Registry, nearest
-from videolab.core.settings import (DEFAULT_CONFIG_FILE, FIELDS, Settings, check_values, coerce, field_type,
-                                    load_yaml)
+from videolab.core.settings import (DEFAULT_CONFIG_FILE, FIELDS, TOPIC_FIELDS, TOPICS, Settings, check_values, coerce,
+                                    field_type, load_yaml, topic_of)
 from videolab.data.registry import DATASETS
 from videolab.data.sampling import SAMPLINGS
 from videolab.models.registry import BACKBONES, FUSIONS
@@ -49,7 +49,7 @@ class Parser(argparse.ArgumentParser):
 
 def _help(name: str) -> str:
     f = FIELDS[name]
-    text = f"{f.metadata['help']} (default: {f.default})"
+    text = f"{f.metadata['help']} (default: {'none' if f.default is None else f.default})"
     registry = registry_of(name)
     choices = registry.names() if registry is not None else f.metadata.get("choices")
     if choices:
@@ -58,20 +58,45 @@ def _help(name: str) -> str:
     return text
 
 
-def build_parser(prog: str, description: str, extra: Optional[Callable[[argparse.ArgumentParser], None]] = None
+TOPIC_TITLES = {"model": "model (the architecture; fixed by a checkpoint)",
+                "language": "language (vision + language models, text inputs, the language model's LoRA)",
+                "data": "data (dataset, frame sampling, augmentation)",
+                "training": "training (optimisation, precision, resuming, pretraining objectives)",
+                "inference": "inference and evaluation (inputs, checkpoint, decoding, test views, device)",
+                "output": "output (run folders, checkpoints kept, reports, export)"}
+TRAINING_ORDER = ("model", "language", "data", "training", "output", "inference")
+INFERENCE_ORDER = ("inference", "output", "model", "language", "data", "training")
+
+
+def _listing_position(name: str) -> tuple[int, int]:
+    """Within a topic: the fields settings.TOPIC_FIELDS names, in its order, then the others in field order."""
+    listed = TOPIC_FIELDS.get(topic_of(name), ())
+    return (listed.index(name), 0) if name in listed else (len(listed), list(FIELDS).index(name))
+
+
+def build_parser(prog: str, description: str, extra: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+                 order: Sequence[str] = TRAINING_ORDER, notes: Optional[dict[str, str]] = None
                  ) -> argparse.ArgumentParser:
-    """A parser with every Settings field as a flag, defaults suppressed (so we know what the user typed)."""
-    parser = Parser(prog=prog, description=description, allow_abbrev=False, argument_default=argparse.SUPPRESS)
+    """A parser with every Settings field as a flag, defaults suppressed (so we know what the user typed).
+
+    ``--help`` lists the flags by topic (``settings.TOPICS``) in ``order``; ``notes`` adds a line under a topic's
+    title (inference.py: which flags only pick a checkpoint). ``extra`` adds a script's own flags, listed first."""
+    parser = Parser(prog=prog, usage="%(prog)s [-h] [--config FILE] [--FLAG VALUE ...]  (flags by topic below)",
+                    description=description.replace("``", ""), allow_abbrev=False,
+                    argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", default=argparse.SUPPRESS,
                         help=f"settings YAML read over the defaults (default: ./{DEFAULT_CONFIG_FILE} if present)")
-    for name, f in FIELDS.items():
-        kind = field_type(f)
-        if kind == "bool":
-            parser.add_argument(f"--{name}", nargs="?", const="true", metavar="BOOL", help=_help(name))
-        else:
-            parser.add_argument(f"--{name}", metavar=kind.upper(), help=_help(name))
     if extra:
         extra(parser)
+    assert sorted(order) == sorted(TOPICS), order
+    groups = {t: parser.add_argument_group(TOPIC_TITLES[t], (notes or {}).get(t)) for t in order}
+    for name in sorted(FIELDS, key=_listing_position):
+        f = FIELDS[name]
+        kind, group = field_type(f), groups[topic_of(name)]
+        if kind == "bool":
+            group.add_argument(f"--{name}", nargs="?", const="true", metavar="BOOL", help=_help(name))
+        else:
+            group.add_argument(f"--{name}", metavar=kind.upper(), help=_help(name))
     return parser
 
 
@@ -86,11 +111,12 @@ def check_names(cfg: Settings) -> None:
 
 
 def resolve(argv: Optional[Sequence[str]], prog: str, description: str,
-            extra: Optional[Callable[[argparse.ArgumentParser], None]] = None
-            ) -> tuple[Settings, set[str], argparse.Namespace]:
+            extra: Optional[Callable[[argparse.ArgumentParser], None]] = None, order: Sequence[str] = TRAINING_ORDER,
+            notes: Optional[dict[str, str]] = None) -> tuple[Settings, set[str], argparse.Namespace]:
     """Parse defaults < YAML < CLI and check each value alone. Returns (settings, names the user set on the CLI,
-    the raw namespace)."""
-    parser = build_parser(prog, description, extra)
+    the raw namespace; its ``config_keys`` are the settings the YAML file set). ``order`` / ``notes``: how
+    ``--help`` lists the topics (:func:`build_parser`)."""
+    parser = build_parser(prog, description, extra, order, notes)
     ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     explicit = vars(ns).copy()
     config_path = explicit.pop("config", None)
@@ -98,6 +124,7 @@ def resolve(argv: Optional[Sequence[str]], prog: str, description: str,
         config_path = DEFAULT_CONFIG_FILE
     values = load_yaml(config_path) if config_path else {}
     cli_values = {k: coerce(k, v) for k, v in explicit.items() if k in FIELDS}
+    ns.config_keys = set(values)
     values.update(cli_values)
     cfg = Settings(**values)
     check_values(cfg)

@@ -262,6 +262,32 @@ class Settings:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
+# Help topics: how --help groups the flags (presentation only; ``group`` above decides what a checkpoint fixes).
+# A field not listed here is shown under its group's topic (model -> model, data -> data, train and runtime ->
+# training).
+TOPICS = ("model", "language", "data", "training", "inference", "output")
+TOPIC_FIELDS = {
+    "language": ("use_vlm", "language_model", "use_text", "captioning", "use_lora_llm", "freeze_language_model",
+                 "language_model_size", "max_text_tokens", "max_video_tokens", "max_caption_tokens", "lora_llm_r",
+                 "lora_llm_alpha", "lora_llm_dropout", "lora_llm_target_modules", "train_vision_tower",
+                 "lr_language_model"),
+    "data": ("cache_dir", "train_crop", "crop_scale_min", "horizontal_flip", "max_bad_video_fraction"),
+    "inference": ("video_dir", "checkpoint", "top_k", "text_input", "num_beams", "max_new_tokens",
+                  "no_repeat_ngram_size", "repetition_penalty", "test_clips", "test_crops", "eval_only", "device",
+                  "batch_size", "num_workers"),
+    "output": ("output_dir", "run_name", "predictions_file", "summary_csv", "report_to", "export_dir", "merge_lora",
+               "speed_repeats", "save_steps", "save_total_limit", "quiet"),
+}
+_TOPIC_OF_GROUP = {MODEL: "model", DATA: "data", TRAIN: "training", RUNTIME: "training"}
+
+
+def topic_of(name: str) -> str:
+    """The --help topic of a field (one of TOPICS)."""
+    for topic, names in TOPIC_FIELDS.items():
+        if name in names:
+            return topic
+    return _TOPIC_OF_GROUP[FIELDS[name].metadata["group"]]
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # value parsing
