@@ -12,24 +12,29 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from typing import Optional, Sequence
 
 from videolab.cli import resolve, run_cli
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    cli, explicit, _ = resolve(argv, "main.py", __doc__.splitlines()[0])
+    cli, explicit, ns = resolve(argv, "main.py", __doc__.splitlines()[0])
     import build_model  # after parsing: --help and flag mistakes answer before torch is imported
     cfg = build_model.resolve_settings(cli)
     build_model.check_settings(cfg, explicit)
     if cfg.eval_only:
         return evaluate_checkpoint(cli, explicit)
-    return train_and_evaluate(cfg)
+    chosen = {k: f"settings file {ns.config_file}" for k in ns.config_keys}
+    chosen.update({k: "flag" for k in explicit})
+    return train_and_evaluate(cfg, chosen)
 
 
-def train_and_evaluate(cfg) -> dict:
-    """Build the data and the model the settings describe, train, test the best checkpoint, report, export."""
+def train_and_evaluate(cfg, chosen: Optional[dict] = None) -> dict:
+    """Build the data and the model the settings describe, train, test the best checkpoint, report, export.
+
+    ``chosen``: the settings the user set and where ({name: "flag" | "settings file F"}); a precision or
+    accumulation not among them comes from ``accelerate launch`` when it was given one (runtime.accelerate_values).
+    """
     import torch
     from accelerate.utils import set_seed
 
@@ -39,10 +44,13 @@ def train_and_evaluate(cfg) -> dict:
     from videolab.core.checkpoints import load_weights, read_run_config
     from videolab.core.files import write_text
     from videolab.core.runs import resume_folder, run_folder
-    from videolab.core.runtime import check_tracker_installed, progress_enabled
+    from videolab.core.runtime import accelerate_values, check_tracker_installed, is_sharded, progress_enabled
     from videolab.evaluation.reports import reset_peak_memory
 
     check_tracker_installed(cfg.report_to)
+    cfg, sources = accelerate_values(cfg, chosen or {})
+    if any(source.startswith("accelerate") for source in sources.values()):
+        build_model.check_settings(cfg, set(chosen or ()))  # a launcher's precision must suit the model too
     task, kind = build_model.task_of(cfg), build_model.MODEL_KINDS.meta(build_model.kind_name(cfg))
     resume_from = resume_folder(cfg.resume_from_checkpoint, cfg.output_dir, cfg.run_name) \
         if cfg.resume_from_checkpoint else None
@@ -65,19 +73,27 @@ def train_and_evaluate(cfg) -> dict:
         if resume_from:
             carry_best(resume_from, run_dir)
     train_code.start_trackers(accelerator, cfg, os.path.basename(run_dir), run_dir)
-    run_config = dict(settings=cfg.to_dict(), model_info=built.info, class_names=class_names,
+    run_config = dict(settings=cfg.to_dict(), settings_sources=sources, model_info=built.info, class_names=class_names,
                       dataset=dict(name=cfg.dataset, root=cfg.data_root), torch_version=torch.__version__)
+    launched = {k: v for k, v in sources.items() if v.startswith("accelerate")}
     accelerator.print(f"run folder: {run_dir} | {task.name} | train {len(data.train)} / val "
                       f"{len(data.val) if data.val else 0} / test {len(data.test)} clips | device "
                       f"{accelerator.device} | precision {cfg.mixed_precision}"
-                      + (f" | {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""))
-    t0 = time.time()
+                      + (f" | accumulation {cfg.gradient_accumulation_steps}" if cfg.gradient_accumulation_steps > 1
+                         else "")
+                      + (f" | {accelerator.num_processes} processes" if accelerator.num_processes > 1 else "")
+                      + (f" | {accelerator.distributed_type.value}" if is_sharded(accelerator) else "")
+                      + (f" | from accelerate launch: {', '.join(launched)}" if launched else ""))
     result = train_code.train(cfg, built, data, run_dir, run_config, accelerator, resume_from)
-    train_seconds = time.time() - t0
+    train_seconds = result.train_seconds  # every session of the run: a resumed run counts the earlier ones too
 
-    built.model.load_state_dict(load_weights(result.best_dir))  # test with the best checkpoint's weights
-    run = dict(mode="train", checkpoint=result.best_dir, checkpoint_epoch=read_run_config(result.best_dir)["epoch"],
-               train_seconds=round(train_seconds, 1), history=result.history,
+    best_config = read_run_config(result.best_dir)
+    if is_sharded(accelerator):  # FSDP: test and export an unsharded copy of the best weights on every process
+        built = build_model.rebuild_from_checkpoint(cfg, best_config, result.best_dir)
+    else:
+        built.model.load_state_dict(load_weights(result.best_dir))  # test with the best checkpoint's weights
+    run = dict(mode="train", checkpoint=result.best_dir, checkpoint_epoch=best_config["epoch"],
+               train_seconds=train_seconds, settings_sources=sources, history=result.history,
                skipped_in_training=[v for d in (data.train, data.val) if d is not None for v in d.bad_videos()])
     report = train_code.test_and_report(cfg, built, data.test, class_names, run_dir, run, accelerator,
                                         memory_from_start, VLoader.reversal_pairs(cfg))

@@ -45,7 +45,8 @@ from videolab.core.checkpoints import (BEST_DIR, LAST_LINK, STATE_FORMAT, latest
 from videolab.core.errors import CheckpointError, IncompleteResult, RunError
 from videolab.core.files import remove_stale_temp, write_json, write_text
 from videolab.core.hub import hub_offline_mode
-from videolab.core.runtime import deterministic_algorithms, make_accelerator, progress_enabled
+from videolab.core.runtime import (deterministic_algorithms, full_state_dict, load_full_state_dict, make_accelerator,
+                                   progress_enabled)
 from videolab.core.settings import DATA, FIELDS, MODEL, Settings
 from videolab.data.clips import make_loader
 from videolab.evaluation.reports import (append_summary_row, environment_info, measure_speed, peak_memory,
@@ -144,6 +145,18 @@ class Progress:
     correct: int = 0
     seen: int = 0
     skipped: int = 0  # batches skipped for a non-finite loss (--nan_policy skip), whole run
+    train_seconds: float = 0.0  # training wall time before this session (a resumed run adds to it)
+    epoch_seconds: float = 0.0  # of the current epoch, before this session (a mid-epoch resume adds to it)
+    # this session's clocks (not saved): when it started, when the current epoch's part of it started
+    session_start: float = field(default_factory=time.time, repr=False)
+    epoch_start: float = field(default_factory=time.time, repr=False)
+
+    def elapsed(self) -> float:
+        """Training wall time of the whole run so far, every session of it."""
+        return self.train_seconds + time.time() - self.session_start
+
+    def epoch_elapsed(self) -> float:
+        return self.epoch_seconds + time.time() - self.epoch_start
 
     def count(self, out, batch: dict, task: Task) -> None:
         n = len(batch["pixel_values"])
@@ -161,7 +174,8 @@ class Progress:
         """``all_sums``: [processes, 3] running sums of every process (each restores its own row)."""
         return dict(format=STATE_FORMAT, epoch=self.epoch, batch=self.batch, step=self.step,
                     best_score=self.best_score, history=self.history, epoch_sums=all_sums.cpu(),
-                    skipped=self.skipped, num_processes=num_processes, batch_size=cfg.batch_size,
+                    skipped=self.skipped, train_seconds=self.elapsed(), epoch_seconds=self.epoch_elapsed(),
+                    num_processes=num_processes, batch_size=cfg.batch_size,
                     gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                     sampler=dict(seed=cfg.seed, epoch=self.epoch), settings=cfg.to_dict())
 
@@ -170,7 +184,8 @@ class Progress:
         loss_sum, correct, seen = state["epoch_sums"][process_index].tolist()
         return cls(epoch=state["epoch"], batch=state["batch"], step=state["step"], best_score=state["best_score"],
                    history=list(state["history"]), loss_sum=loss_sum, correct=int(correct), seen=int(seen),
-                   skipped=state["skipped"])
+                   skipped=state["skipped"], train_seconds=float(state.get("train_seconds", 0.0)),
+                   epoch_seconds=float(state.get("epoch_seconds", 0.0)))
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -226,6 +241,7 @@ class TrainResult:
     best_dir: str
     last_dir: str
     history: list = field(default_factory=list)
+    train_seconds: float = 0.0  # the whole run's training time, resumed sessions included
 
 
 @dataclass
@@ -248,9 +264,10 @@ class Loop:
         return os.path.join(self.run_dir, "metrics.jsonl")
 
 
-def planned_steps(cfg: Settings, batches_per_epoch: int) -> int:
-    """Optimizer steps of the whole run, from the batches each process sees per epoch."""
-    total = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps) * cfg.epochs
+def planned_steps(cfg: Settings, batches_per_epoch: int, accumulation: int) -> int:
+    """Optimizer steps of the whole run, from the batches each process sees per epoch and the accumulation the
+    accelerator applies (``accelerator.gradient_accumulation_steps``)."""
+    total = math.ceil(batches_per_epoch / accumulation) * cfg.epochs
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
 
@@ -258,7 +275,8 @@ def prepare_training(cfg: Settings, built, data, run_dir: str, run_config: dict,
     train_loader = accelerator.prepare(make_loader(data.train, cfg.batch_size, True, cfg.num_workers, cfg.seed))
     val_loader = accelerator.prepare(make_loader(data.val, cfg.batch_size, False, cfg.num_workers, cfg.seed)) \
         if data.val else None
-    total_steps = planned_steps(cfg, len(train_loader))  # len of the sharded loader: batches per process
+    # len of the sharded loader: batches per process
+    total_steps = planned_steps(cfg, len(train_loader), accelerator.gradient_accumulation_steps)
     optimizer = torch.optim.AdamW(param_groups(built.model, cfg.weight_decay, cfg.lr, cfg.lr_language_model),
                                   lr=cfg.lr, betas=(0.9, 0.999))
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
@@ -280,13 +298,15 @@ def train(cfg: Settings, built, data, run_dir: str, run_config: dict,
         write_jsonl(loop.metrics_log, progress.history)  # a resumed run continues the checkpoint's history
     with StopOnSignal(accelerator) as stop, deterministic_algorithms(cfg.deterministic):
         while progress.epoch < cfg.epochs and not (cfg.max_steps and progress.step >= cfg.max_steps):
-            t0 = time.time()
+            if progress.batch == 0:  # a new epoch starts its clock (a mid-epoch resume continues the saved one)
+                progress.epoch_seconds, progress.epoch_start = 0.0, time.time()
             train_epoch(loop, progress, stop)
-            folder = end_epoch(loop, progress, time.time() - t0)
+            folder = end_epoch(loop, progress, progress.epoch_elapsed())
             if stop.requested():
                 raise stop.stop(folder, os.path.basename(run_dir))
     accelerator.wait_for_everyone()
-    return TrainResult(run_dir, os.path.join(run_dir, BEST_DIR), os.path.join(run_dir, LAST_LINK), progress.history)
+    return TrainResult(run_dir, os.path.join(run_dir, BEST_DIR), os.path.join(run_dir, LAST_LINK), progress.history,
+                       round(progress.elapsed(), 1))
 
 
 def train_epoch(loop: Loop, progress: Progress, stop: StopOnSignal) -> None:
@@ -352,7 +372,7 @@ def end_epoch(loop: Loop, progress: Progress, seconds: float) -> str:
     if accelerator.is_main_process:
         write_jsonl(loop.metrics_log, progress.history)
         print(_epoch_line(record, cfg.epochs), flush=True)
-    weights = accelerator.get_state_dict(loop.model)
+    weights = full_state_dict(accelerator, loop.model)  # every process takes part (FSDP gathers the shards)
     if score > progress.best_score:  # best/ first: a crash before the resumable save redoes this epoch
         progress.best_score = score
         if accelerator.is_main_process:
@@ -365,7 +385,7 @@ def end_epoch(loop: Loop, progress: Progress, seconds: float) -> str:
 def save_progress(loop: Loop, progress: Progress, weights: Optional[dict] = None) -> str:
     """A resumable checkpoint-<step>/ of the current state (all processes call this)."""
     accelerator = loop.accelerator
-    weights = weights if weights is not None else accelerator.get_state_dict(loop.model)
+    weights = weights if weights is not None else full_state_dict(accelerator, loop.model)
     all_sums = accelerator.gather(progress.sums(accelerator.device))  # [processes, 3]
     state = progress.to_state(all_sums, loop.cfg, accelerator.num_processes)
     meta = dict(loop.run_config, epoch=progress.epoch, step=progress.step, history=progress.history)
@@ -376,7 +396,7 @@ def save_progress(loop: Loop, progress: Progress, weights: Optional[dict] = None
 def restore_training(loop: Loop, folder: str) -> Progress:
     """Weights, optimizer, scheduler, scaler, this process's RNG (accelerate's load_state) and Progress."""
     loop.accelerator.load_state(folder)  # the model is skipped by _weights_loaded_by_us: ours is loaded below
-    loop.accelerator.unwrap_model(loop.model).load_state_dict(load_weights(folder))
+    load_full_state_dict(loop.accelerator, loop.model, load_weights(folder))  # FSDP: each process keeps its shard
     progress = Progress.from_state(load_training_state(folder), loop.accelerator.process_index)
     if loop.accelerator.is_main_process:
         where = f"epoch {progress.epoch + 1}, batch {progress.batch}" if progress.batch else \
@@ -519,7 +539,8 @@ def test_and_report(cfg: Settings, built, test_set, class_names: list, run_dir: 
         weights_source=info["weights_source"], hf_hub_offline=hub_offline_mode(),
         **{k: info[k] for k in ("language_model", "language_model_source", "language_model_pretrained",
                                 "text_encoder") if k in info},
-        **result.details, history=history, settings=cfg.to_dict(), environment=environment_info(accelerator.device))
+        **result.details, history=history, settings=cfg.to_dict(), settings_sources=run.get("settings_sources"),
+        environment=environment_info(accelerator.device))
     if accelerator.is_main_process:
         report.update(task.finish(test, report))
         write_report(cfg, report, run_dir, result.line)

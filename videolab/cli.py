@@ -124,7 +124,7 @@ def resolve(argv: Optional[Sequence[str]], prog: str, description: str,
         config_path = DEFAULT_CONFIG_FILE
     values = load_yaml(config_path) if config_path else {}
     cli_values = {k: coerce(k, v) for k, v in explicit.items() if k in FIELDS}
-    ns.config_keys = set(values)
+    ns.config_keys, ns.config_file = set(values), config_path
     values.update(cli_values)
     cfg = Settings(**values)
     check_values(cfg)

@@ -142,7 +142,15 @@ def save_resumable(accelerator, folder: str, state_dict: dict[str, torch.Tensor]
     broadcast_object_list(tmp)  # every process writes its RNG file into the same folder
     tmp = tmp[0]
     try:
-        check_finite(state_dict)  # on every process (DDP replicas are equal), so all of them stop together
+        problem = [None]  # checked where the full weights are (FSDP gathers them on the main process only) ...
+        if accelerator.is_main_process:
+            try:
+                check_finite(state_dict)
+            except RunError as exc:
+                problem = [str(exc)]
+        broadcast_object_list(problem)  # ... and shared, so every process stops together
+        if problem[0]:
+            raise RunError(problem[0])
         accelerator.save_state(tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:

@@ -1,18 +1,32 @@
-"""The run's machinery around the model: the ``accelerate`` Accelerator (devices, DDP, mixed precision,
-accumulation, trackers), progress bars and deterministic mode."""
+"""The run's machinery around the model: the ``accelerate`` Accelerator (devices, DDP / FSDP, mixed precision,
+accumulation, trackers), progress bars and deterministic mode.
+
+Who decides the precision and the accumulation: a flag the user typed (or a key of the settings YAML) wins;
+otherwise what ``accelerate launch`` was given (its flags or its config file, which it hands to the script as
+``ACCELERATE_MIXED_PRECISION`` / ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS``); otherwise the Settings default.
+:func:`accelerate_values` folds that into the settings before the Accelerator is built, so the settings the run
+records, the LR schedule and the Accelerator all hold the same values, and it says where each came from.
+"""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from typing import Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration,
-                              is_tensorboard_available, is_wandb_available)
+from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType,
+                              GradientAccumulationPlugin, ProjectConfiguration, is_tensorboard_available,
+                              is_wandb_available)
 
 from videolab.core.errors import UsageError
+from videolab.core.settings import check_values, coerce
+
+# settings accelerate's launcher may supply -> the environment variable it hands them to the script in
+LAUNCHER_ENV = {"mixed_precision": "ACCELERATE_MIXED_PRECISION",
+                "gradient_accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"}
 
 TRACKER_INSTALLED = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
 
@@ -28,9 +42,36 @@ def check_tracker_installed(report_to: str) -> None:
                          f"pip install {report_to} (or use --report_to none; metrics.jsonl is always written)")
 
 
+def accelerate_values(cfg, chosen: dict[str, str]):
+    """(settings with the values accelerate will apply, {setting: where its value came from}) for LAUNCHER_ENV.
+
+    ``chosen``: the settings the user set, each with where (``"flag"``, ``"settings file config_file.yaml"``);
+    those win. Else a value ``accelerate launch`` handed over (its flag or config file) is taken; else the
+    default. A launcher value that is not valid here is a UsageError naming the variable."""
+    updates, sources = {}, {}
+    for name, variable in LAUNCHER_ENV.items():
+        if name in chosen:
+            sources[name] = chosen[name]
+        elif os.environ.get(variable):
+            try:
+                updates[name] = coerce(name, os.environ[variable].strip().lower())
+            except UsageError as exc:
+                raise UsageError(f"{variable}={os.environ[variable]!r} (from accelerate launch): {exc}") from None
+            sources[name] = f"accelerate launch ({variable}={os.environ[variable]}: its flag or config file)"
+        else:
+            sources[name] = "default"
+    cfg = dataclasses.replace(cfg, **updates)
+    try:
+        check_values(cfg)
+    except UsageError as exc:
+        raise UsageError(f"{exc} (a value from accelerate launch: {', '.join(sorted(updates))})") from None
+    return cfg, sources
+
+
 def make_accelerator(cfg, log_with: Optional[str] = None, logging_dir: Optional[str] = None,
                      find_unused_parameters: bool = False) -> Accelerator:
-    """Accelerator for the requested device and precision; fp16 needs a GPU (CPU autocast is bf16 only).
+    """Accelerator for the requested device, precision and accumulation (exactly these: the launcher's values are
+    folded into ``cfg`` by :func:`accelerate_values` first); fp16 needs a GPU (CPU autocast is bf16 only).
     ``log_with`` (an accelerate tracker name) writes under ``logging_dir``. Under ``accelerate launch`` /
     ``torchrun`` it joins the process group (DDP; gloo on CPU). ``find_unused_parameters``: the model has
     parameters that get no gradient (a BERT pooler the vision + language classifier never reads), which DDP must be
@@ -48,7 +89,10 @@ def make_accelerator(cfg, log_with: Optional[str] = None, logging_dir: Optional[
     AcceleratorState._reset_state(reset_partial_state=False)
     project = ProjectConfiguration(project_dir=logging_dir, logging_dir=logging_dir) if logging_dir else None
     accelerator = Accelerator(
-        cpu=use_cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        cpu=use_cpu, mixed_precision=cfg.mixed_precision,
+        # a plugin, not gradient_accumulation_steps=: accelerate would let ACCELERATE_GRADIENT_ACCUMULATION_STEPS
+        # override that silently, while the LR schedule counts our value
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.gradient_accumulation_steps),
         # seedable sampler: the shuffle order is a function of (seed, epoch), so a resumed run sees the same order
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         # the schedule is counted in optimizer steps and stepped by optimizer_step (accelerate would otherwise step it
@@ -59,6 +103,30 @@ def make_accelerator(cfg, log_with: Optional[str] = None, logging_dir: Optional[
     accelerator.register_save_state_pre_hook(_weights_saved_by_us)
     accelerator.register_load_state_pre_hook(_weights_loaded_by_us)
     return accelerator
+
+
+def is_sharded(accelerator: Accelerator) -> bool:
+    """FSDP (through ``accelerate launch --use_fsdp`` or its config file): the parameters are sharded over the
+    processes, so weights are gathered to save them and scattered to load them."""
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def full_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every weight under the unwrapped model's names, full tensors (FSDP: gathered; every process must call
+    this, and with FSDP only the main process gets the tensors)."""
+    return accelerator.get_state_dict(model)
+
+
+def load_full_state_dict(accelerator: Accelerator, model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
+                         ) -> None:
+    """Load full (unsharded) weights into ``model``, wrapped or not: with FSDP each process keeps its shard
+    (``torch.distributed.checkpoint.state_dict.set_model_state_dict``; every process must call this), else a
+    plain ``load_state_dict`` on the unwrapped model."""
+    if is_sharded(accelerator):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        set_model_state_dict(model, state_dict, options=StateDictOptions(full_state_dict=True, strict=True))
+    else:
+        accelerator.unwrap_model(model).load_state_dict(state_dict)
 
 
 def _weights_saved_by_us(models, weights, output_dir) -> None:
