@@ -1,9 +1,9 @@
-"""Interactive browser demo: ``python apps/demo.py [--checkpoint PATH] [--port 8050]``.
+"""Interactive browser demo: ``python apps/demo.py [--checkpoint PATH] [--port 7860]`` (or ``videolab-demo``).
 
-Serves a local page (Dash, bound to 127.0.0.1 unless ``--host`` says otherwise) for any checkpoint the repo trains:
-upload a video or click one of the bundled synthetic examples, and see the frames the model was given, the top-5
-classes as a bar chart (classifiers) or the generated caption (captioners), with a text box when the model reads
-text. Without ``--checkpoint`` it serves the newest run under ``--output_dir``.
+Serves a local Gradio page (bound to 127.0.0.1 unless ``--host`` says otherwise) for any checkpoint the repo
+trains: upload a video or click one of the bundled synthetic examples, and see the frames the model was given, the
+top-5 classes as a bar chart (classifiers) or the generated caption (captioners), with a text box when the model
+reads text. Without ``--checkpoint`` it serves the newest run under ``--output_dir``.
 
 The model path is ``inference.py``'s: the same checkpoint choice (``videolab.core.runs.pick_checkpoint``),
 settings merge, :func:`build_model.rebuild_from_checkpoint`, video decoding (:func:`VLoader.inference_dataset`,
@@ -11,15 +11,14 @@ PyAV via ``video_io``) and forward (the task's ``predict``). This module only ad
 and the page.
 
 Bad uploads (not a video, empty, too long, too large, undecodable) become a message on the page; the server keeps
-serving. Uploads larger than ``--max_upload_mb`` never leave the browser: a client-side callback checks the size
-first and sends only the size, and the server turns it into the message.
+serving. Uploads larger than ``--max_upload_mb`` never leave the browser: Gradio checks the size first (its
+``max_file_size``) and says so on the page; the server checks again.
+
+Torch, the model code and Gradio are imported after the flags are parsed, so ``--help`` answers at once.
 """
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import io
 import os
 import socket
 import sys
@@ -27,25 +26,14 @@ import tempfile
 import threading
 import traceback
 from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence
-
-import numpy as np
-import torch
+from typing import Any, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
-import build_model  # noqa: E402
-import VLoader  # noqa: E402
-from videolab.cli import resolve, run_cli  # noqa: E402
-from videolab.core.checkpoints import read_run_config  # noqa: E402
+from videolab.cli import INFERENCE_ORDER, resolve, run_cli  # noqa: E402
 from videolab.core.errors import UsageError  # noqa: E402
-from videolab.core.runs import pick_checkpoint  # noqa: E402
-from videolab.core.runtime import make_accelerator  # noqa: E402
-from videolab.core.settings import FIELDS, MODEL, Settings, merge_with_checkpoint, settings_from_dict  # noqa: E402
-from videolab.data.clips import collate  # noqa: E402
-from videolab.tasks.base import batch_keys  # noqa: E402
 
-DEFAULT_PORT = 8050
+DEFAULT_PORT = 7860  # Gradio's
 FRAME_DISPLAY_PX = 96  # sampled frames are shown at least this wide (small training sizes are upscaled, pixelated)
 
 
@@ -99,8 +87,8 @@ def check_address(host: str, port: int) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass
 class DemoModel:
-    cfg: Settings
-    model: torch.nn.Module
+    cfg: Any  # videolab.core.settings.Settings
+    model: Any  # torch.nn.Module, in eval mode
     accelerator: object
     class_names: list
     info: dict
@@ -114,6 +102,7 @@ class DemoModel:
     @property
     def classifier(self) -> bool:
         """The model predicts classes (it reads labels), else it writes text."""
+        from videolab.tasks.base import batch_keys
         return "labels" in batch_keys(self.model)
 
     @property
@@ -127,8 +116,13 @@ class DemoModel:
                 f"{self.cfg.image_size} px, pretrained backbone: {self.info['pretrained']}")
 
 
-def load_demo_model(cli: Settings, explicit: set[str]) -> DemoModel:
+def load_demo_model(cli, explicit: set[str]) -> DemoModel:
     """--checkpoint (or the newest matching run) rebuilt from its folder alone, in eval mode."""
+    import build_model
+    from videolab.core.checkpoints import read_run_config
+    from videolab.core.runs import pick_checkpoint
+    from videolab.core.runtime import make_accelerator
+    from videolab.core.settings import FIELDS, MODEL, merge_with_checkpoint, settings_from_dict
     wanted = {k: getattr(cli, k) for k in explicit if FIELDS[k].metadata["group"] == MODEL}
     folder = pick_checkpoint(cli.checkpoint, cli.output_dir, wanted)
     run_config = read_run_config(folder)
@@ -175,25 +169,12 @@ def check_upload(path: str, name: str, limits: Limits):
     return index
 
 
-def save_upload(encoded: str, name: str, folder: str) -> str:
-    """Base64 file contents (as the browser sent them) -> a new file in ``folder`` keeping the name's extension."""
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise UploadError(f"{name}: the upload arrived damaged (not base64); try again") from None
-    extension = os.path.splitext(name)[1].lower()[:8]
-    handle, path = tempfile.mkstemp(prefix="upload-", suffix=extension, dir=folder)
-    with os.fdopen(handle, "wb") as fh:
-        fh.write(data)
-    return path
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # prediction
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass
 class Prediction:
-    frames: np.ndarray  # uint8 [T, S, S, 3]: the frames the model was given (after resize and centre crop)
+    frames: Any  # numpy uint8 [T, S, S, 3]: the frames the model was given (after resize and centre crop)
     top: list = field(default_factory=list)  # [(class name, probability)], best first (classifiers)
     caption: Optional[str] = None  # captioners
     text: Optional[str] = None  # the text the model read, if any
@@ -205,8 +186,9 @@ class Result:
     prediction: Optional[Prediction] = None
 
 
-def displayed_frames(pixel_values: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Normalised float [T, 3, S, S] (the model input) -> uint8 [T, S, S, 3] for display."""
+def displayed_frames(pixel_values, mean: Sequence[float], std: Sequence[float]):
+    """Normalised float tensor [T, 3, S, S] (the model input) -> numpy uint8 [T, S, S, 3] for display."""
+    import torch
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     frames = (pixel_values * s + m).clamp(0, 1) * 255.0 + 0.5  # [T, 3, S, S]
@@ -215,6 +197,8 @@ def displayed_frames(pixel_values: torch.Tensor, mean: Sequence[float], std: Seq
 
 def run_model(demo: DemoModel, path: str, name: str, text: Optional[str]) -> Prediction:
     """One video file through the inference pipeline: sampled and preprocessed as the checkpoint was trained."""
+    import VLoader
+    from videolab.data.clips import collate
     text = (text or "").strip() or None
     if demo.reads_text and text is None:
         raise UploadError("this model reads text (trained with --use_text True): type a text in the box first "
@@ -253,23 +237,11 @@ def predict_file(demo: DemoModel, path: str, name: str, text: Optional[str], lim
     return Result(f"{name}: {len(prediction.frames)} frames sampled", prediction)
 
 
-def predict_upload(demo: DemoModel, upload: Optional[dict], text: Optional[str], limits: Limits, folder: str
-                   ) -> Result:
-    """What the browser sent for an upload: {filename, size, contents (base64; None when over the size limit)}."""
-    if not upload:
+def predict_upload(demo: DemoModel, path: Optional[str], text: Optional[str], limits: Limits) -> Result:
+    """An uploaded file as Gradio hands it over: the path of its copy on the server (it keeps the file's name)."""
+    if not path or not os.path.isfile(path):
         return Result("no file received; choose a video file")
-    name = os.path.basename(str(upload.get("filename") or "upload"))
-    try:
-        check_size(int(upload.get("size") or 0), name, limits)
-        if upload.get("contents") is None:
-            raise UploadError(f"{name}: no file contents were received; try again")
-        path = save_upload(upload["contents"], name, folder)
-    except UploadError as exc:
-        return Result(str(exc))
-    try:
-        return predict_file(demo, path, name, text, limits)
-    finally:
-        os.remove(path)
+    return predict_file(demo, path, os.path.basename(path), text, limits)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -290,9 +262,11 @@ def example_classes(class_names: Sequence[str]) -> int:
     return n if 2 <= n <= len(CLASS_NAMES) and list(class_names) == list(CLASS_NAMES[:n]) else len(CLASS_NAMES)
 
 
-def write_examples(cfg: Settings, class_names: Sequence[str], folder: str) -> list[Example]:
+def write_examples(cfg, class_names: Sequence[str], folder: str) -> list[Example]:
     """One synthetic test video per class (the synthetic test split, video 0: never a training video), written as
     .mp4 (H.264, lossless) at the size and length main.py generates the dataset with."""
+    import torch
+
     from videolab.data.synthetic import write_split
     from videolab.data.video_io import write_video
     os.makedirs(folder, exist_ok=True)
@@ -320,115 +294,97 @@ def predict_example(demo: DemoModel, example: Example, text: Optional[str], limi
 # ----------------------------------------------------------------------------------------------------------------
 # the page
 # ----------------------------------------------------------------------------------------------------------------
-# Runs in the browser: an upload over the limit is never sent, only its size (the server words the message).
-SIZE_CHECK_JS = """
-function(contents, filename, limit) {
-    if (!contents) { return window.dash_clientside.no_update; }
-    const comma = contents.indexOf(',');
-    const encoded = contents.slice(comma + 1);
-    const padding = encoded.endsWith('==') ? 2 : (encoded.endsWith('=') ? 1 : 0);
-    const size = Math.floor(encoded.length * 3 / 4) - padding;
-    return {filename: filename, size: size, contents: size <= limit ? encoded : null, sent: Date.now()};
-}
-"""
+@dataclass
+class Shown:
+    """What the page shows for a Result (plain values; the Gradio callbacks hand them to the components)."""
+    message: str  # above the result: what ran, or what was wrong (with a warning sign)
+    headline: str  # "Prediction: <class> (p %)" or "Caption: ..."; empty on a problem
+    top: Optional[dict]  # {class name: probability} for the bar chart, best first; None = no chart
+    frames: list  # [(uint8 [S', S', 3] image, "frame k")], upscaled to at least FRAME_DISPLAY_PX
 
 
-def png_data_uri(frame: np.ndarray) -> str:
-    from PIL import Image
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+def enlarged(frame):
+    """uint8 [S, S, 3] -> at least FRAME_DISPLAY_PX wide, by whole-pixel repetition (stays sharp)."""
+    import numpy as np
+    factor = max(1, -(-FRAME_DISPLAY_PX // frame.shape[1]))
+    return np.ascontiguousarray(frame.repeat(factor, axis=0).repeat(factor, axis=1))
 
 
-def bar_chart(top: list) -> dict:
-    """Plotly figure: the top-k classes, best at the top, probabilities in %."""
-    import plotly.graph_objects as go
-    names = [name for name, _ in top][::-1]
-    values = [100.0 * p for _, p in top][::-1]
-    figure = go.Figure(go.Bar(x=values, y=names, orientation="h", text=[f"{v:.1f} %" for v in values],
-                              textposition="auto", marker_color="#3b6ea5"))
-    figure.update_layout(xaxis=dict(title="probability (%)", range=[0, 100]), height=60 + 40 * len(top),
-                         margin=dict(l=10, r=10, t=10, b=40), yaxis=dict(automargin=True))
-    return figure
-
-
-def render(result: Result) -> tuple:
-    """A Result -> the page's outputs: message, headline, chart figure, chart style, frame images."""
-    from dash import html
-    hidden, shown = {"display": "none"}, {"display": "block"}
+def render(result: Result) -> Shown:
     p = result.prediction
     if p is None:
-        return "⚠ " + result.message, "", {}, hidden, []
-    frames = [html.Img(src=png_data_uri(f), title=f"frame {t + 1}", className="frame",
-                       style={"width": f"{max(FRAME_DISPLAY_PX, f.shape[1])}px", "imageRendering": "pixelated",
-                              "marginRight": "4px"}) for t, f in enumerate(p.frames)]
+        return Shown("⚠ " + result.message, "", None, [])
+    frames = [(enlarged(f), f"frame {t + 1}") for t, f in enumerate(p.frames)]
     text = f"  |  text: “{p.text}”" if p.text else ""
     if p.caption is not None:
-        return result.message + text, f"Caption: {p.caption}", {}, hidden, frames
+        return Shown(result.message + text, f"Caption: {p.caption}", None, frames)
     name, prob = p.top[0]
-    return result.message + text, f"Prediction: {name} ({100 * prob:.1f} %)", bar_chart(p.top), shown, frames
+    return Shown(result.message + text, f"Prediction: {name} ({100 * prob:.1f} %)", dict(p.top), frames)
 
 
-def build_app(demo: DemoModel, examples: list[Example], limits: Limits, folder: str):
-    """The Dash app: layout and callbacks (each a thin wrapper around the functions above)."""
-    from dash import ALL, Dash, Input, Output, State, clientside_callback, ctx, dcc, html, no_update
-    app = Dash(__name__, title="Video model demo", assets_folder=os.path.join(folder, "no-assets"))
-    app.server.config["MAX_CONTENT_LENGTH"] = limits.max_bytes * 4 // 3 + 10_000_000  # base64 + JSON overhead
-    text_style = {} if demo.reads_text else {"display": "none"}
-    app.layout = html.Div(style={"fontFamily": "sans-serif", "maxWidth": "960px", "margin": "auto"}, children=[
-        html.H2("Video model demo"),
-        html.Div(demo.describe(), id="model-info", style={"color": "#555", "fontSize": "0.9em"}),
-        dcc.Upload(id="upload", multiple=False, children=html.Div(
-            ["Drop a video here or ", html.A("choose a file", style={"textDecoration": "underline"}),
-             f" (up to {_mb(limits.max_bytes)}, {limits.max_seconds:.0f} s)"]),
-            style={"border": "2px dashed #999", "borderRadius": "6px", "padding": "18px", "textAlign": "center",
-                   "margin": "12px 0", "cursor": "pointer"}),
-        html.Div(style=text_style, children=[
-            html.Label("Text for the model: ", htmlFor="text"),
-            dcc.Input(id="text", type="text", value=demo.cfg.text_input, debounce=False, style={"width": "60%"},
-                      placeholder="empty: an example uses its own hint")]),
-        html.Div(["Synthetic examples: "] + [
-            html.Button(e.class_name, id={"type": "example", "index": i}, n_clicks=0, className="example",
-                        style={"margin": "2px"}) for i, e in enumerate(examples)], style={"margin": "10px 0"}),
-        dcc.Store(id="limit", data=limits.max_bytes),
-        dcc.Store(id="checked-upload"),
-        dcc.Loading(children=[
-            html.Div(id="message", style={"margin": "8px 0", "color": "#333"}),
-            html.H3(id="prediction"),
-            dcc.Graph(id="top-k", style={"display": "none"}, config={"displayModeBar": False}),
-            html.Div(id="frames", style={"display": "flex", "flexWrap": "wrap"})]),
-    ])
-    clientside_callback(SIZE_CHECK_JS, Output("checked-upload", "data"), Input("upload", "contents"),
-                        State("upload", "filename"), State("limit", "data"))
-    outputs = [Output("message", "children"), Output("prediction", "children"), Output("top-k", "figure"),
-               Output("top-k", "style"), Output("frames", "children"), Output("upload", "contents")]
+def build_app(demo: DemoModel, examples: list[Example], limits: Limits):
+    """The Gradio Blocks page: layout and callbacks (each a thin wrapper around the functions above)."""
+    import gradio as gr
 
-    @app.callback(*outputs, Input("checked-upload", "data"), Input({"type": "example", "index": ALL}, "n_clicks"),
-                  State("text", "value"), prevent_initial_call=True)
-    def on_input(upload, clicks, text):
-        trigger = ctx.triggered_id
-        if trigger == "checked-upload":
-            result = predict_upload(demo, upload, text, limits, folder)
-        elif isinstance(trigger, dict) and any(clicks):
-            result = predict_example(demo, examples[trigger["index"]], text, limits)
-        else:
-            return (no_update,) * len(outputs)
-        return (*render(result), None)  # clearing the upload lets the same file be sent again
+    def show(result: Result):
+        shown = render(result)
+        # the upload box is cleared, so the next file (or the same one again) can be dropped at once
+        return (shown.message, shown.headline, gr.update(value=shown.top, visible=shown.top is not None),
+                shown.frames, None)
+
+    def on_upload(path, text):
+        return show(predict_upload(demo, path, text, limits))
+
+    def on_example(index, text):
+        return show(predict_example(demo, examples[index], text, limits))
+
+    with gr.Blocks(title="Video model demo") as app:
+        gr.Markdown("## Video model demo")
+        gr.Markdown(demo.describe(), elem_id="model-info")
+        upload = gr.File(label=f"Upload a video (up to {_mb(limits.max_bytes)}, {limits.max_seconds:.0f} s)",
+                         file_count="single", type="filepath", elem_id="upload")
+        text = gr.Textbox(label="Text for the model", value=demo.cfg.text_input or "", visible=demo.reads_text,
+                          placeholder="empty: an example uses its own hint", elem_id="text")
+        gr.Markdown("Synthetic examples (one test video per class):")
+        with gr.Row():
+            buttons = [gr.Button(e.class_name, size="sm", elem_classes="example") for e in examples]
+        message = gr.Markdown(elem_id="message")
+        headline = gr.Markdown(elem_id="prediction")
+        top = gr.Label(num_top_classes=demo.cfg.top_k, label="top classes", visible=False, elem_id="top-k")
+        frames = gr.Gallery(label="the frames the model was given", columns=min(demo.cfg.num_frames, 8),
+                            height="auto", object_fit="contain", elem_id="frames")
+        outputs = [message, headline, top, frames, upload]
+        upload.upload(on_upload, [upload, text], outputs)
+        for i, button in enumerate(buttons):
+            button.click(lambda t, i=i: on_example(i, t), [text], outputs)
     return app
 
 
+# no calls home: Gradio's usage statistics off; system fonts instead of Google Fonts (this may run offline)
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+SYSTEM_FONTS = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    cli, explicit, ns = resolve(argv, "demo.py", __doc__.splitlines()[0], extra=demo_flags)
+    cli, explicit, ns = resolve(argv, "demo.py", __doc__.splitlines()[0], extra=demo_flags, order=INFERENCE_ORDER)
     limits = limits_from_flags(ns)
     check_address(ns.host, ns.port)
     demo = load_demo_model(cli, explicit)
+    import gradio as gr
     with tempfile.TemporaryDirectory(prefix="video-demo-") as folder:
         examples = write_examples(demo.cfg, demo.class_names, os.path.join(folder, "examples"))
-        app = build_app(demo, examples, limits, folder)
+        app = build_app(demo, examples, limits)
         print(f"model: {demo.describe()}")
         print(f"serving on http://{ns.host}:{ns.port}/ (Ctrl-C stops)", flush=True)
-        app.run(host=ns.host, port=ns.port, debug=False)
+        app.launch(server_name=ns.host, server_port=ns.port, max_file_size=limits.max_bytes, share=False,
+                   show_error=True, quiet=True, ssr_mode=False, footer_links=[], allowed_paths=[folder],
+                   theme=gr.themes.Default(**SYSTEM_FONTS))
+
+
+def cli() -> int:
+    """The console script ``videolab-demo`` (pyproject.toml): this file's command line; returns the exit code."""
+    return run_cli(main)
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(cli())
