@@ -124,6 +124,12 @@ def test_resume_is_bit_identical(reference, tiny_dataset, tmp_path, step, epoch,
     assert (state["epoch"], state["batch"], state["step"]) == (epoch, batch, step)
     report = run(tiny_dataset, tmp_path, "resumed", "--resume_from_checkpoint", str(folder))
     assert_same_run(report, reference, tmp_path / "resumed")
+    # the training time of the run before the interruption is counted too, not only the resumed part
+    assert 0 < state["train_seconds"] <= report["train_seconds"]
+    resumed_part = load_training_state(str(tmp_path / "resumed" / "last"))["train_seconds"] - state["train_seconds"]
+    assert resumed_part > 0 and report["train_seconds"] >= state["train_seconds"] + resumed_part - 0.2
+    if batch:  # a mid-epoch resume continues the epoch's clock: its record counts both sessions
+        assert report["history"][0]["epoch_seconds"] >= state["epoch_seconds"]
 
 
 def test_resume_with_gradient_accumulation_is_bit_identical(tiny_dataset, tmp_path):

@@ -37,7 +37,13 @@ def registry_of(name: str) -> Optional[Registry | Choices]:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError (one line) instead of printing usage and exiting."""
+    """argparse that raises UsageError (one line) instead of printing usage and exiting. A description taken from a
+    docstring loses its reST ``literal`` quotes."""
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("description"):
+            kwargs["description"] = kwargs["description"].replace("``", "")
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         if message.startswith("unrecognized arguments:"):
@@ -82,7 +88,7 @@ def build_parser(prog: str, description: str, extra: Optional[Callable[[argparse
     ``--help`` lists the flags by topic (``settings.TOPICS``) in ``order``; ``notes`` adds a line under a topic's
     title (inference.py: which flags only pick a checkpoint). ``extra`` adds a script's own flags, listed first."""
     parser = Parser(prog=prog, usage="%(prog)s [-h] [--config FILE] [--FLAG VALUE ...]  (flags by topic below)",
-                    description=description.replace("``", ""), allow_abbrev=False,
+                    description=description, allow_abbrev=False,
                     argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", default=argparse.SUPPRESS,
                         help=f"settings YAML read over the defaults (default: ./{DEFAULT_CONFIG_FILE} if present)")

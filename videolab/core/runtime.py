@@ -64,7 +64,9 @@ def accelerate_values(cfg, chosen: dict[str, str]):
     try:
         check_values(cfg)
     except UsageError as exc:
-        raise UsageError(f"{exc} (a value from accelerate launch: {', '.join(sorted(updates))})") from None
+        handed = ", ".join(f"{LAUNCHER_ENV[k]}={os.environ[LAUNCHER_ENV[k]]}" for k in sorted(updates))
+        raise UsageError(f"{exc} (from accelerate launch: {handed}); fix the launcher's flag or config file, or "
+                         f"type the flag") from None
     return cfg, sources
 
 
