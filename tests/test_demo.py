@@ -311,9 +311,9 @@ def test_captioner_with_text_reads_the_box_and_shows_a_caption(tiny_dataset, exa
     result = demo.predict_example(captioner, examples[0], None, limits)  # empty box: the example's hint
     assert result.prediction.text == examples[0].hint and "reference caption: " in result.message
     assert isinstance(result.prediction.caption, str) and not result.prediction.top
-    message, headline, figure, style, frames = demo.render(result)
-    assert headline == f"Caption: {result.prediction.caption}" and style == {"display": "none"} and len(frames) == 4
-    assert f"text: “{examples[0].hint}”" in message
+    shown = demo.render(result)
+    assert shown.headline == f"Caption: {result.prediction.caption}" and shown.top is None and len(shown.frames) == 4
+    assert f"text: “{examples[0].hint}”" in shown.message
 
 
 def test_text_classifier_answers_for_the_text_typed(tiny_dataset, examples, tmp_path):
@@ -338,5 +338,4 @@ def test_qwen2_vl_checkpoint_answers_on_the_page(tiny_dataset, examples, tmp_pat
     assert not describer.classifier
     result = demo.predict_example(describer, examples[0], "Describe the video.", limits)
     assert isinstance(result.prediction.caption, str) and not result.prediction.top
-    headline = demo.render(result)[1]
-    assert headline == f"Caption: {result.prediction.caption}"
+    assert demo.render(result).headline == f"Caption: {result.prediction.caption}"
