@@ -53,7 +53,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import importlib
 import json
 import os
 from typing import Any, Callable, Optional
@@ -63,10 +62,10 @@ import yaml
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from videolab.core.checkpoints import TOKENIZER_DIR
+from videolab.core.layout import TOKENIZER_DIR
 from videolab.core.errors import UsageError
 from videolab.core.hub import loud_note, quiet_note
-from videolab.core.registry import nearest
+from videolab.core.registry import import_module, nearest
 from videolab.core.settings import DATA, FIELDS, MODEL, Settings, settings_from_dict
 from videolab.models.adapt import adapt_backbone, adapt_language_model
 from videolab.models.audio_encoder import AudioEncoder, sinusoidal_positions
@@ -201,7 +200,7 @@ def _import_target(path: str) -> Any:
     modules = TARGET_ALIASES.get(module_name, (module_name,))
     for name in modules:
         try:
-            module = importlib.import_module(name)
+            module = import_module(name)
         except ImportError:
             raise UsageError(f"_target_ {path!r}: no module {module_name!r}") from None
         if hasattr(module, attribute):
