@@ -82,7 +82,7 @@ def train_and_evaluate(cfg) -> dict:
     report = train_code.test_and_report(cfg, built, data.test, class_names, run_dir, run, accelerator,
                                         memory_from_start, VLoader.reversal_pairs(cfg))
     if accelerator.is_main_process:
-        build_model.export_model(cfg, built, class_names)
+        build_model.export_model(cfg, built, class_names, report)
         print(f"done in {train_seconds:.0f}s | best checkpoint: {result.best_dir} | last: {result.last_dir} | "
               f"metrics: {os.path.join(run_dir, 'metrics.jsonl')}")
     return report
@@ -142,7 +142,7 @@ def evaluate_checkpoint(cli, explicit: set[str]) -> dict:
     report = train_code.test_and_report(cfg, built, test_set, class_names, run_dir, run, accelerator,
                                         memory_from_start, VLoader.reversal_pairs(cfg))
     if accelerator.is_main_process:
-        build_model.export_model(cfg, built, class_names)
+        build_model.export_model(cfg, built, class_names, report)
     return report
 
 
