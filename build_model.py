@@ -395,11 +395,14 @@ def check_settings(cfg: Settings, explicit: Sequence[str] = ()) -> None:
                          f"Drop --fusion or choose e.g. --vision_model vit_small_patch16_224")
 
 
+EXPORT_SETTINGS = ("export_dir", "merge_lora", "export_onnx", "push_to_hub", "hub_private")  # what an export does
+
+
 def check_export_settings(cfg, kind: str) -> None:
     """--export_dir and the flags that go with it, before anything is trained: the kind can be exported (and
     --export_onnx applies to it, its packages installed), --push_to_hub can upload from here."""
     meta = MODEL_KINDS.meta(kind)
-    for flag in ("merge_lora", "export_onnx", "push_to_hub", "hub_private"):
+    for flag in EXPORT_SETTINGS[1:]:
         if getattr(cfg, flag) and not cfg.export_dir:
             raise UsageError(f"--{flag} applies to --export_dir; add --export_dir DIR or drop --{flag}")
     if cfg.hub_private and not cfg.push_to_hub:

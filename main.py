@@ -120,7 +120,7 @@ def evaluate_checkpoint(cli, explicit: set[str]) -> dict:
     run_config = read_run_config(folder)
     moved = {"data_root", "split_dir"} & explicit  # where the data is may change; what it is may not
     cfg = merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli, explicit - moved, folder)
-    for key in moved:
+    for key in moved | set(build_model.EXPORT_SETTINGS):  # exporting (and uploading) is this command's choice
         setattr(cfg, key, getattr(cli, key))
     check_tracker_installed(cfg.report_to)
     run_dir = os.path.dirname(os.path.normpath(folder))

@@ -262,3 +262,31 @@ def test_every_model_kind_can_export(in_tmp):
                   ["--use_vlm", "True", "--captioning", "True", "--language_model", "qwen2-vl"],
                   ["--modalities", "video,audio", "--dataset", "synthetic_av"], ["--task", "pretrain"]):
         resolve(flags + ["--export_dir", "x"])
+
+
+def test_qwen2_vl_lora_on_a_hub_model_exports_as_an_adapter_naming_its_base(tmp_path):
+    """Only LoRA adapters trained on a Hub model: the export is the adapter folder with the processor and the
+    generation config, and the base is a reference (base_model_name_or_path). Applied to that base (here the
+    tiny model standing in for the Hub one), the adapters give the run's answers."""
+    from transformers import AutoProcessor
+
+    from videolab.export.huggingface import export_qwen_vl, strip_lora
+    from videolab.models.qwen_vl import QwenVLCaptioner
+    captions = ["a red ball moves right", "a blue square moves left", "a green key spins"]
+    cfg = tiny(use_vlm=True, captioning=True, language_model="qwen2-vl", use_lora_llm=True, max_new_tokens=5)
+    torch.manual_seed(0)
+    built = build_model(cfg, 3, verbose=False, texts=captions)
+    move_adapters(built.model)
+    hub_id = "Qwen/Qwen2-VL-2B-Instruct"
+    info = dict(built.info, language_model_pretrained=True, language_model_source=hub_id)
+    files = export_qwen_vl(built.model, info, cfg, str(tmp_path))
+    assert {"adapter_config.json", "adapter_model.safetensors", "generation_config.json", "README.md"} <= set(files)
+    assert "model.safetensors" not in files and "config.json" not in files  # the base weights stay on the Hub
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id
+    assert f"base_model: {hub_id}" in (tmp_path / "README.md").read_text()
+    from peft import PeftModel
+    hub_model = strip_lora(built.model, merge=False)[0].language_model  # what from_pretrained(hub_id) would give
+    model = PeftModel.from_pretrained(hub_model, str(tmp_path)).eval()
+    again = QwenVLCaptioner(model, AutoProcessor.from_pretrained(tmp_path))
+    frames = torch.rand(2, FRAMES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    assert again.generate(frames, max_new_tokens=5) == built.model.generate(frames, max_new_tokens=5)

@@ -120,7 +120,7 @@ def save_adapters(hf_model: nn.Module, groups: list[LoraGroup], rename: Callable
     targets = [rename(m) for g in groups for m in g.modules]
     others = [(rename(m), g.config) for g in groups[1:] for m in g.modules]
     config = LoraConfig(r=first.r, lora_alpha=first.lora_alpha, lora_dropout=first.lora_dropout, bias="none",
-                        target_modules=targets, base_model_name_or_path=base,
+                        target_modules=targets,
                         fan_in_fan_out=any(g.config.fan_in_fan_out for g in groups),
                         rank_pattern={rf"^{re.escape(m)}": c.r for m, c in others if c.r != first.r},
                         alpha_pattern={rf"^{re.escape(m)}": c.lora_alpha for m, c in others
@@ -135,7 +135,7 @@ def save_adapters(hf_model: nn.Module, groups: list[LoraGroup], rename: Callable
     peft_model.save_pretrained(folder)
     with open(os.path.join(folder, "adapter_config.json")) as fh:
         saved = json.load(fh)
-    if saved.get("base_model_name_or_path") != base:  # PEFT fills in the model's _name_or_path when base is None
+    if saved.get("base_model_name_or_path") != base:  # PEFT writes the wrapped model's _name_or_path
         write_json(os.path.join(folder, "adapter_config.json"), dict(saved, base_model_name_or_path=base))
 
 
@@ -570,13 +570,30 @@ def export_qwen_vl(captioner: nn.Module, info: dict, cfg: Settings, folder: str,
 PRETRAIN_INFO_FILE = "pretraining.json"
 
 
-def export_backbone(encoder: torch.nn.Module, folder: str, image_size: int, mean, std, pretraining: dict
-                    ) -> list[str]:
+def export_backbone(encoder: torch.nn.Module, folder: str, image_size: int, mean, std, pretraining: dict,
+                    settings: Optional[dict] = None, report: Optional[dict] = None) -> list[str]:
     """A pretrained encoder (a transformers video model) as a ``save_pretrained`` folder (config.json,
-    model.safetensors), its video processor and ``pretraining.json`` (objective, settings, results), written
-    atomically. ``--pretrained folder`` loads it for fine-tuning. Returns the files written."""
+    model.safetensors), its video processor, ``pretraining.json`` (objective, settings, results) and a model card
+    (``settings`` / ``report``: the run's settings and eval.json), written atomically. ``--pretrained folder``
+    loads it for fine-tuning. Returns the files written."""
     with atomic_folder(folder) as tmp:
         copy.deepcopy(encoder).cpu().save_pretrained(tmp)
         video_processor(image_size, mean, std).save_pretrained(tmp)
         write_json(os.path.join(tmp, PRETRAIN_INFO_FILE), pretraining)
+        if settings is not None:
+            name = type(encoder).__name__
+            info = {k: (report or {}).get(k) for k in ("pretrained", "weights_source", "params_total",
+                                                       "params_trainable")}
+            load = ("from transformers import AutoModel, AutoVideoProcessor\n"
+                    f'model = AutoModel.from_pretrained("{folder}")   # {name}\n'
+                    f'processor = AutoVideoProcessor.from_pretrained("{folder}")\n'
+                    'tokens = model(**processor(videos=[frames], return_tensors="pt")).last_hidden_state\n'
+                    f'# fine-tune it here: python main.py --pretrained {folder} --vision_model '
+                    f'{settings.get("vision_model")} --num_frames {settings.get("num_frames")} --image_size {image_size}')
+            cards.write_card(tmp, cards.CardFacts(
+                title=f"{name} pretrained with {pretraining.get('objective')}", pipeline_tag="feature-extraction",
+                task="self-supervised video representation (a backbone to fine-tune)",
+                route=f"the stock `transformers` class `{name}`", load=load, settings=settings, info=info,
+                report=report, files=files_in(tmp) + ["README.md"], tags=["self-supervised"],
+                preprocessing=preprocessing_text(image_size, mean, std)))
     return sorted(os.listdir(folder))
