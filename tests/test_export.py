@@ -290,3 +290,21 @@ def test_qwen2_vl_lora_on_a_hub_model_exports_as_an_adapter_naming_its_base(tmp_
     again = QwenVLCaptioner(model, AutoProcessor.from_pretrained(tmp_path))
     frames = torch.rand(2, FRAMES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     assert again.generate(frames, max_new_tokens=5) == built.model.generate(frames, max_new_tokens=5)
+
+
+def test_composed_text_model_loads_its_tokenizer_from_the_folder(tmp_path, tiny_bert):
+    """A composed video + text model turns strings into ids itself: from_pretrained (remote code) reads the
+    tokenizer saved beside the weights."""
+    from transformers import AutoModel
+
+    from videolab.export.huggingface import save_composed
+    cfg = tiny(modalities="video,text", language_model=tiny_bert, fusion="transformer")
+    built = build_model(cfg, len(CLASSES), verbose=False, texts=["a hint"])
+    files = save_composed(built.model, CLASSES, str(tmp_path), cfg=cfg, info=built.info)
+    assert {"tokenizer_config.json", "videolab_models_compose.py"} <= set(files)
+    loaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    x, text = clips(2), ["the ball moves left", "played backwards"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=x, text=text).logits,
+                                   built.model.eval()(pixel_values=x, text=text).logits, rtol=0, atol=1e-6)
+    assert type(loaded).__module__.startswith("transformers_modules.")  # the folder's copy, not videolab's

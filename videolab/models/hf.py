@@ -89,16 +89,24 @@ HUB_ARGUMENTS = ("cache_dir", "force_download", "local_files_only", "token", "re
 class LoadsFolderTokenizer:
     """Mixin for a ``PreTrainedModel`` built around a language model whose tokenizer is part of the model (it
     turns text into ids inside ``forward`` / ``generate``): ``from_pretrained(folder)`` also reads the tokenizer
-    saved in the folder (a Hub id alike) and passes it to ``__init__`` as ``tokenizer``, unless one is given."""
+    saved in the folder (a Hub id alike) and passes it to ``__init__`` as ``tokenizer``, unless one is given or
+    :meth:`reads_tokenizer` says the config's model has none."""
+
+    @classmethod
+    def reads_tokenizer(cls, config: PretrainedConfig) -> bool:
+        return True
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         if kwargs.get("tokenizer") is None:
             from transformers import AutoTokenizer
             hub = {k: kwargs[k] for k in HUB_ARGUMENTS if kwargs.get(k) is not None}
-            # the folder's code is already trusted (it is running): its config may be read
-            kwargs["tokenizer"] = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, trust_remote_code=True,
-                                                                **hub)
+            config = kwargs.get("config")
+            if not isinstance(config, PretrainedConfig):
+                config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub)
+            if cls.reads_tokenizer(config):  # the folder's code is trusted (it is running): its config may be read
+                kwargs["tokenizer"] = AutoTokenizer.from_pretrained(pretrained_model_name_or_path,
+                                                                    trust_remote_code=True, **hub)
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 
