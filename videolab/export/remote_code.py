@@ -30,11 +30,10 @@ import re
 import sys
 from typing import Iterable
 
-import videolab
 from videolab.core.files import write_text
 
-PACKAGE = videolab.__name__
-ROOT = os.path.dirname(os.path.abspath(videolab.__file__))
+PACKAGE = __name__.split(".")[0]  # videolab
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the package folder
 PREFIX = "videolab_"  # flat module names: videolab.models.hf -> videolab_models_hf
 HEADER = ("# Generated from {source} of the video-understanding repo by videolab.export.remote_code: the model code\n"
           "# of this folder (transformers loads it with trust_remote_code=True). Do not edit; re-export instead.\n")
