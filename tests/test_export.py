@@ -308,3 +308,24 @@ def test_composed_text_model_loads_its_tokenizer_from_the_folder(tmp_path, tiny_
         torch.testing.assert_close(loaded(pixel_values=x, text=text).logits,
                                    built.model.eval()(pixel_values=x, text=text).logits, rtol=0, atol=1e-6)
     assert type(loaded).__module__.startswith("transformers_modules.")  # the folder's copy, not videolab's
+
+
+def test_adapters_of_two_parts_with_their_own_ranks_go_into_one_adapter_folder(tmp_path, tiny_bert):
+    """LoRA on the vision backbone (rank 8) and on the language model (rank 4, its own alpha): one PEFT folder,
+    the second part's ranks and alphas per layer, and the trained model's logits back."""
+    from peft import PeftModel
+    from transformers import AutoModelForVideoClassification
+
+    from videolab.export.huggingface import export_vision_language
+    cfg = tiny(use_vlm=True, language_model=tiny_bert, use_lora_vision=True, use_lora_llm=True, lora_llm_r=4,
+               lora_llm_alpha=2.0, max_video_tokens=8)
+    built = build_model(cfg, len(CLASSES), verbose=False)
+    move_adapters(built.model)
+    export_vision_language(built.model, built.info, CLASSES, cfg, str(tmp_path))
+    config = json.loads((tmp_path / ADAPTER_DIR / "adapter_config.json").read_text())
+    assert config["r"] == 8 and set(config["rank_pattern"].values()) == {4}
+    assert set(config["alpha_pattern"].values()) == {2.0}
+    model = AutoModelForVideoClassification.from_pretrained(tmp_path, trust_remote_code=True)
+    model = PeftModel.from_pretrained(model, str(tmp_path), subfolder=ADAPTER_DIR)
+    x = clips(2)
+    torch.testing.assert_close(logits(model, x), logits(built.model, x), rtol=0, atol=1e-5)

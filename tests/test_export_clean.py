@@ -5,7 +5,8 @@ transformers, torch, timm and peft alone, and runs it on the inputs the trained 
 
     VideoMAE (stock class, plain and with LoRA adapters apart)    logits within 1e-5, and pipeline() on an .mp4
     TimeSformer (stock class + head LayerNorm, remote code)        logits within 1e-5, and pipeline() on an .mp4
-    timm ViT + Transformer fusion, timm ViT + Mamba-2 (merged LoRA), vision + BERT with text (LoRA apart),
+    timm ViT + Transformer fusion (remote code)                    logits within 1e-5, and pipeline() on an .mp4
+    timm ViT + Mamba-2 (merged LoRA), vision + BERT with text (LoRA apart),
     composed video + audio (LoRA apart)                            logits within 1e-5
     GPT-2 captioner with prompts (LoRA adapter), tiny Qwen2-VL (LoRA adapter)
                                                                    identical captions; logits within 1e-5
@@ -138,7 +139,7 @@ def exports(tmp_path_factory, request):
             frames = torch.from_numpy(decode_all_frames(video)).permute(0, 3, 1, 2)  # [T, 3, H, W] (PyAV)
             clip = preprocess_video(frames, SIZE, b.backbone.mean, b.backbone.std)[None]
             scores = b.model(pixel_values=clip).logits.softmax(-1)[0]
-        add(name, "classifier", folder, dict(x=x), pipeline=name in ("videomae", "timesformer"), logits=logits,
+        add(name, "classifier", folder, dict(x=x), pipeline=name in ("videomae", "timesformer", "vit_transformer"), logits=logits,
             scores=scores)
 
     try:
@@ -214,10 +215,10 @@ def test_exported_classifiers_give_the_checkpoints_logits(exports, name, cls):
     torch.testing.assert_close(results[name]["logits"], expected[name]["logits"], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["videomae", "timesformer"])
-def test_stock_class_exports_run_through_the_video_classification_pipeline(exports, name):
+@pytest.mark.parametrize("name", ["videomae", "timesformer", "vit_transformer"])
+def test_exports_run_through_the_video_classification_pipeline(exports, name):
     """pipeline() decodes the .mp4 itself (torchcodec) and samples its 4 frames: the scores are the trained model's
-    on the same frames decoded with PyAV and preprocessed here."""
+    on the same frames decoded with PyAV and preprocessed here (the stock classes, and our code alike)."""
     pytest.importorskip("torchcodec")
     results, expected = exports
     got = results[name]["pipeline"]

@@ -122,8 +122,8 @@ def save_adapters(hf_model: nn.Module, groups: list[LoraGroup], rename: Callable
     config = LoraConfig(r=first.r, lora_alpha=first.lora_alpha, lora_dropout=first.lora_dropout, bias="none",
                         target_modules=targets,
                         fan_in_fan_out=any(g.config.fan_in_fan_out for g in groups),
-                        rank_pattern={rf"^{re.escape(m)}": c.r for m, c in others if c.r != first.r},
-                        alpha_pattern={rf"^{re.escape(m)}": c.lora_alpha for m, c in others
+                        rank_pattern={re.escape(m): c.r for m, c in others if c.r != first.r},
+                        alpha_pattern={re.escape(m): c.lora_alpha for m, c in others
                                        if c.lora_alpha != first.lora_alpha})
     peft_model = get_peft_model(hf_model, config)
     state = {f"base_model.model.{rename(k)}": v for g in groups for k, v in g.state.items()}
