@@ -217,9 +217,9 @@ def write_export(folder: str, export: Export, groups: list[LoraGroup], cfg: Sett
             save_adapters(export.hf_model, groups, export.rename, where, repo_id)
             base = repo_id or "the export folder above (its config.json and model.safetensors)"
             cards.adapter_card(where, base, export.title, export.load + export.adapter_load + use)
-            adapter = (f"`{ADAPTER_DIR}/`: LoRA adapters (PEFT) over the weights here, which hold the base model "
-                       f"(adapters unloaded); applying them gives the trained model. Without them the model is the "
-                       f"base the run started from, plus the trained head.")
+            adapter = (f"`{ADAPTER_DIR}/`: the LoRA adapters (PEFT) the run trained. The weights here hold the "
+                       f"adapted layers as the run started them (adapters unloaded, not merged) and every other "
+                       f"trained part; applying the adapters gives the trained model.")
         if onnx_model is not None:
             from videolab.export.onnx import export_onnx
             onnx = export_onnx(onnx_model, os.path.join(tmp, ONNX_FILE), cfg.num_frames, cfg.image_size)
