@@ -38,7 +38,9 @@ from videolab.core.hub import loud_note, quiet_note
 from videolab.core.registry import Registry
 from videolab.core.settings import Settings
 from videolab.data.registry import DATASETS
-from videolab.export.huggingface import export_pretrained, save_composed
+from videolab.export import huggingface as hf_export
+from videolab.export.onnx import missing_packages as onnx_missing_packages
+from videolab.export.push import check_push, push_folder
 from videolab.models import compose
 from videolab.models.adapt import adapt_backbone, adapt_language_model, count_parameters, lora_targets
 from videolab.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
@@ -307,24 +309,27 @@ def needs_hints(cfg) -> tuple:
 # selected by its task). meta: task, selects(cfg), check(cfg), needs(cfg) (what the data must provide), texts
 # (which texts train an offline tokenizer: captions or hints), flags (settings only this kind reads, with the
 # label and flags that select it), unused_parameters (DDP must look for parameters without a gradient: a BERT
-# pooler the vision + language classifier never reads), export (writes --export_dir)
+# pooler the vision + language classifier never reads), export (writes --export_dir: (cfg, built, class_names,
+# report) -> files; the pretraining task writes its backbone folder itself), onnx (--export_onnx applies)
 MODEL_KINDS = Registry("model kind")
 MODEL_KINDS.add("pretrainer", build_pretrainer, task="pretraining", selects=lambda cfg: False, check=lambda cfg: None,
-                needs=lambda cfg: (), texts=None)
+                needs=lambda cfg: (), texts=None, export=lambda *args: export_backbone_folder(*args))
 MODEL_KINDS.add("composed", build_composed, task="classification", check=check_composed, texts="hints",
                 selects=lambda cfg: bool(cfg.modalities or cfg.model_config), needs=lambda cfg: (),
                 export=lambda *args: export_composed(*args))
 MODEL_KINDS.add("qwen2_vl", build_qwen_vl, task="captioning", selects=uses_qwen_vl, check=check_language_model,
                 needs=needs_hints, texts="captions", flags=("train_vision_tower", "gradient_checkpointing"),
-                label="Qwen2-VL", selected_by="--use_vlm True --captioning True --language_model qwen2-vl")
+                label="Qwen2-VL", selected_by="--use_vlm True --captioning True --language_model qwen2-vl",
+                export=lambda *args: export_qwen_vl(*args))
 MODEL_KINDS.add("captioner", build_captioner, task="captioning", check=check_language_model, texts="captions",
-                selects=lambda cfg: cfg.use_vlm and cfg.captioning, needs=needs_hints)
+                selects=lambda cfg: cfg.use_vlm and cfg.captioning, needs=needs_hints,
+                export=lambda *args: export_captioner(*args))
 MODEL_KINDS.add("vision_language", build_vision_language, task="classification", check=check_language_model,
                 selects=lambda cfg: cfg.use_vlm, needs=needs_hints, texts="hints",
-                unused_parameters=True)
+                unused_parameters=True, export=lambda *args: export_vision_language(*args))
 MODEL_KINDS.add("classifier", build_classifier, task="classification", check=check_classifier,
                 selects=lambda cfg: True, needs=lambda cfg: (), texts=None,
-                export=lambda *args: export_classifier(*args))
+                export=lambda *args: export_classifier(*args), onnx=True)
 
 
 def task_name(cfg) -> str:
@@ -380,12 +385,7 @@ def check_settings(cfg: Settings, explicit: Sequence[str] = ()) -> None:
                          "(LoRA trains adapters inside the backbone); choose one")
     if cfg.image_size % 2:
         raise UsageError(f"--image_size must be even, got {cfg.image_size}")
-    if cfg.export_dir and cfg.use_vlm:
-        raise UsageError("--export_dir writes the video classifiers (no --use_vlm) in the Hugging Face format; a "
-                         "vision + language checkpoint already carries its tokenizer and runs with inference.py. "
-                         "Drop --export_dir")
-    if cfg.merge_lora and not cfg.export_dir:
-        raise UsageError("--merge_lora True applies to --export_dir; add --export_dir DIR or drop --merge_lora")
+    check_export_settings(cfg, kind)
     check_part_flags(cfg, explicit, task, kind)
     meta["check"](cfg)
     check_views(cfg, task)
@@ -393,6 +393,32 @@ def check_settings(cfg: Settings, explicit: Sequence[str] = ()) -> None:
     if "fusion" in explicit and backbone_kind(cfg.vision_model) == "video" and kind == "classifier":
         raise UsageError(f"--fusion applies to per-frame (timm) backbones; {cfg.vision_model} models time itself. "
                          f"Drop --fusion or choose e.g. --vision_model vit_small_patch16_224")
+
+
+EXPORT_SETTINGS = ("export_dir", "merge_lora", "export_onnx", "push_to_hub", "hub_private")  # what an export does
+
+
+def check_export_settings(cfg, kind: str) -> None:
+    """--export_dir and the flags that go with it, before anything is trained: the kind can be exported (and
+    --export_onnx applies to it, its packages installed), --push_to_hub can upload from here."""
+    meta = MODEL_KINDS.meta(kind)
+    for flag in EXPORT_SETTINGS[1:]:
+        if getattr(cfg, flag) and not cfg.export_dir:
+            raise UsageError(f"--{flag} applies to --export_dir; add --export_dir DIR or drop --{flag}")
+    if cfg.hub_private and not cfg.push_to_hub:
+        raise UsageError("--hub_private True applies to --push_to_hub; add --push_to_hub USER/NAME or drop it")
+    if cfg.export_dir and meta.get("export") is None:
+        raise UsageError(f"--export_dir: the {kind} model has no Hugging Face export; drop --export_dir")
+    if cfg.export_onnx:
+        if not meta.get("onnx"):
+            raise UsageError(f"--export_onnx exports the video classifiers (a backbone + fusion + head); this run "
+                             f"builds a {kind} model: drop --export_onnx")
+        missing = onnx_missing_packages()
+        if missing:
+            raise UsageError(f"--export_onnx needs {', '.join(missing)}: pip install {' '.join(missing)} (or pip "
+                             f"install -e '.[onnx]')")
+    if cfg.push_to_hub:
+        check_push(cfg.push_to_hub)
 
 
 def check_views(cfg, task) -> None:
@@ -465,20 +491,45 @@ def rebuild_from_checkpoint(cfg: Settings, run_config: dict, folder: str) -> Bui
     return built
 
 
-def export_model(cfg: Settings, built: BuiltModel, class_names: list) -> None:
-    """--export_dir: the model in the Hugging Face format (its kind's exporter; the pretraining task writes its
-    backbone folder itself)."""
+def export_model(cfg: Settings, built: BuiltModel, class_names: list, report: Optional[dict] = None) -> None:
+    """--export_dir: the model in the Hugging Face format (its kind's exporter; ``report``: the run's eval.json, for
+    the model card), then --push_to_hub uploads the folder."""
     exporter = MODEL_KINDS.meta(built.kind).get("export")
     if not cfg.export_dir or exporter is None:
         return
-    written = exporter(cfg, built, class_names)
+    written = exporter(cfg, built, class_names, report)
     print(f"exported (Hugging Face format) to {cfg.export_dir}: {', '.join(written)}")
+    if cfg.push_to_hub:
+        url = push_folder(cfg.export_dir, cfg.push_to_hub, private=cfg.hub_private)
+        print(f"uploaded {cfg.export_dir} to the Hugging Face Hub: {url}")
 
 
-def export_classifier(cfg: Settings, built: BuiltModel, class_names: list) -> list[str]:
-    return export_pretrained(built.model, built.info, class_names, cfg, cfg.export_dir, merge_lora=cfg.merge_lora)
+def export_classifier(cfg: Settings, built: BuiltModel, class_names: list, report: Optional[dict]) -> list[str]:
+    return hf_export.export_pretrained(built.model, built.info, class_names, cfg, cfg.export_dir,
+                                       merge_lora=cfg.merge_lora, report=report, onnx=cfg.export_onnx,
+                                       repo_id=cfg.push_to_hub)
 
 
-def export_composed(cfg: Settings, built: BuiltModel, class_names: list) -> list[str]:
-    return save_composed(built.model, class_names, cfg.export_dir)
+def export_composed(cfg: Settings, built: BuiltModel, class_names: list, report: Optional[dict]) -> list[str]:
+    return hf_export.save_composed(built.model, class_names, cfg.export_dir, cfg=cfg, merge_lora=cfg.merge_lora,
+                                   report=report, repo_id=cfg.push_to_hub, info=built.info)
 
+
+def export_vision_language(cfg: Settings, built: BuiltModel, class_names: list, report: Optional[dict]) -> list[str]:
+    return hf_export.export_vision_language(built.model, built.info, class_names, cfg, cfg.export_dir,
+                                            merge_lora=cfg.merge_lora, report=report, repo_id=cfg.push_to_hub)
+
+
+def export_captioner(cfg: Settings, built: BuiltModel, class_names: list, report: Optional[dict]) -> list[str]:
+    return hf_export.export_captioner(built.model, built.info, cfg, cfg.export_dir, merge_lora=cfg.merge_lora,
+                                      report=report, repo_id=cfg.push_to_hub)
+
+
+def export_qwen_vl(cfg: Settings, built: BuiltModel, class_names: list, report: Optional[dict]) -> list[str]:
+    return hf_export.export_qwen_vl(built.model, built.info, cfg, cfg.export_dir, merge_lora=cfg.merge_lora,
+                                    report=report, repo_id=cfg.push_to_hub)
+
+
+def export_backbone_folder(cfg: Settings, built: BuiltModel, class_names: list, report: Optional[dict]) -> list[str]:
+    """The pretraining task wrote the backbone folder (--export_dir) when it finished; its files."""
+    return hf_export.files_in(cfg.export_dir)

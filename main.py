@@ -98,7 +98,7 @@ def train_and_evaluate(cfg, chosen: Optional[dict] = None) -> dict:
     report = train_code.test_and_report(cfg, built, data.test, class_names, run_dir, run, accelerator,
                                         memory_from_start, VLoader.reversal_pairs(cfg))
     if accelerator.is_main_process:
-        build_model.export_model(cfg, built, class_names)
+        build_model.export_model(cfg, built, class_names, report)
         print(f"done in {train_seconds:.0f}s | best checkpoint: {result.best_dir} | last: {result.last_dir} | "
               f"metrics: {os.path.join(run_dir, 'metrics.jsonl')}")
     return report
@@ -136,7 +136,7 @@ def evaluate_checkpoint(cli, explicit: set[str]) -> dict:
     run_config = read_run_config(folder)
     moved = {"data_root", "split_dir"} & explicit  # where the data is may change; what it is may not
     cfg = merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli, explicit - moved, folder)
-    for key in moved:
+    for key in moved | set(build_model.EXPORT_SETTINGS):  # exporting (and uploading) is this command's choice
         setattr(cfg, key, getattr(cli, key))
     check_tracker_installed(cfg.report_to)
     run_dir = os.path.dirname(os.path.normpath(folder))
@@ -158,7 +158,7 @@ def evaluate_checkpoint(cli, explicit: set[str]) -> dict:
     report = train_code.test_and_report(cfg, built, test_set, class_names, run_dir, run, accelerator,
                                         memory_from_start, VLoader.reversal_pairs(cfg))
     if accelerator.is_main_process:
-        build_model.export_model(cfg, built, class_names)
+        build_model.export_model(cfg, built, class_names, report)
     return report
 
 

@@ -1,7 +1,8 @@
-"""Video loading benchmark: our loader against bare PyAV seeking and decode-everything, 0 / 2 DataLoader workers,
-and cached against uncached epochs.
+"""Video loading benchmark: our loader against bare PyAV seeking, decode-everything and torchcodec, 0 / 2
+DataLoader workers, and cached against uncached epochs.
 
     python benchmarks/decode.py --json benchmarks/decode_cpu.json      # a few minutes on 2 CPU cores
+    python benchmarks/decode.py --methods torchcodec --no_cache --json benchmarks/decode_torchcodec_cpu.json
 
 Videos (written into a temporary folder): 320x240, 25 fps, 5 s and 10 s long; mpeg4 in .avi as UCF101 ships
 (FFmpeg's default GOP of 12 frames) and h264 in .mp4 (libx264 defaults with a keyframe every 2 s, B-frames).
@@ -16,7 +17,11 @@ Dataset iterated by a torch DataLoader (batch 8) with 0 and 2 workers:
   ``video_io.read_frames`` seeks to the keyframe before a wanted frame only when that skips frames);
 * (a) bare PyAV seek-and-decode: for each index, ``container.seek`` to its timestamp (constant frame rate
   assumed) and decode up to it, the textbook loop, with no check that the frame returned is the one asked for;
-* (b) decode every frame, then pick the 8.
+* (b) decode every frame, then pick the 8;
+* (c) torchcodec (``VideoDecoder``, exact seek mode: it indexes the file first, as ours does; ``get_frames_at``
+  the 8 indices, resized by its ``Resize`` decoder transform, bilinear with antialiasing). Its full-size frames are
+  checked against PyAV's (decode everything, same indices): they must be identical. Resized, they differ from
+  ours by the filter (bilinear vs libswscale's area), reported as the largest pixel difference.
 
 Each repetition runs one epoch of every method, interleaved, after one warm-up epoch each; clips/s is the median
 over repetitions and every ratio is the median of the per-repetition ratios. Every ratio is also given in CPU
@@ -145,6 +150,35 @@ class DecodeAll(_Baseline):
         return frames[sample_frame_indices(len(frames), self.spec.num_frames)]
 
 
+class TorchCodec(_Baseline):
+    """(c) torchcodec: index the file (exact seek mode), get the sampled frames, resized while converting."""
+
+    def frames(self, path: str, resize: bool = True) -> np.ndarray:
+        from torchcodec.decoders import VideoDecoder
+        from torchcodec.transforms import Resize
+        index = probe_video(path)  # the same frame count, so the same indices as ours
+        size = resized_shape(index.height, index.width, self.spec.image_size)
+        decoder = VideoDecoder(path, dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=1,
+                               transforms=[Resize(size)] if resize else None)
+        return decoder.get_frames_at(sample_frame_indices(index.num_frames, self.spec.num_frames)).data.numpy()
+
+
+def torchcodec_frames(paths: list[str], spec: ClipSpec) -> tuple[bool, int]:
+    """(torchcodec's full-size frames equal PyAV's for every clip, largest |difference| of its resized frames from
+    ours)."""
+    codec = TorchCodec(paths, spec)
+    identical, worst = True, 0
+    for path in paths:
+        reference = decode_all_frames(path)
+        indices = sample_frame_indices(len(reference), spec.num_frames)
+        identical &= np.array_equal(codec.frames(path, resize=False), reference[indices])
+        index = probe_video(path)
+        size = resized_shape(index.height, index.width, spec.image_size)
+        resized = decode_all_frames(path, size)[indices]  # ours' frames (== read_frames, tested)
+        worst = max(worst, int(np.abs(codec.frames(path).astype(int) - resized).max()))
+    return identical, worst
+
+
 def ours(paths: list[str], spec: ClipSpec, cache_dir: str | None = None) -> VideoFileDataset:
     items = [VideoItem(p, 0, os.path.basename(p)) for p in paths]
     return VideoFileDataset(items, ["clip"], spec, "report", cache=FrameCache(cache_dir) if cache_dir else None)
@@ -228,6 +262,17 @@ def cache_comparison(paths: list[str], spec: ClipSpec, workers: int, repeats: in
     return result
 
 
+METHODS = {"bare_seek": BareSeek, "decode_all": DecodeAll, "torchcodec": TorchCodec}
+
+
+def torchcodec_version():
+    try:
+        import torchcodec
+    except ImportError:
+        return None
+    return torchcodec.__version__
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per_group", type=int, default=8, help="videos per format and length")
@@ -237,11 +282,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS),
+                        default=[m for m in METHODS if m != "torchcodec" or torchcodec_version()],
+                        help="loaders compared with ours (default: all; torchcodec when installed)")
+    parser.add_argument("--no_cache", action="store_true", help="skip the cache comparison")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     spec = ClipSpec(args.num_frames, args.image_size, MEAN, STD)
     results = dict(pyav=av.__version__, ffmpeg=getattr(av, "ffmpeg_version_info", None), torch=torch.__version__,
-                   cpu_count=os.cpu_count(), settings=vars(args), rows=[], cache=[])
+                   torchcodec=torchcodec_version(), cpu_count=os.cpu_count(), settings=vars(args), rows=[], cache=[])
     with tempfile.TemporaryDirectory() as folder:
         t0 = time.perf_counter()
         groups = write_videos(folder, args.per_group, tuple(args.seconds))
@@ -251,18 +300,20 @@ def main(argv=None) -> dict:
                                                                   for p in every)
         for group, paths in groups.items():
             wrong, exact = check_frames(paths, spec)
+            checks = dict(bare_seek_wrong_clips=wrong, ours_equals_decode_all=exact)
+            if "torchcodec" in args.methods:
+                identical, worst = torchcodec_frames(paths, spec)
+                checks.update(torchcodec_full_size_equals_pyav=identical, torchcodec_resized_max_diff=worst)
             for workers in args.workers:
-                row = dict(group=group, workers=workers, videos=len(paths), bare_seek_wrong_clips=wrong,
-                           ours_equals_decode_all=exact,
-                           **compare(dict(ours=ours(paths, spec), bare_seek=BareSeek(paths, spec),
-                                          decode_all=DecodeAll(paths, spec)), workers, args.repeats, args.batch_size))
+                row = dict(group=group, workers=workers, videos=len(paths), **checks,
+                           **compare(dict(ours=ours(paths, spec), **{m: METHODS[m](paths, spec) for m in args.methods}),
+                                     workers, args.repeats, args.batch_size))
                 results["rows"].append(row)
-                print(f"[{group}, {workers} workers] ours {row['ours_clips_per_s']:.1f} clips/s | bare seek "
-                      f"{row['bare_seek_clips_per_s']:.1f} ({row['ours_vs_bare_seek']:.2f}x, CPU "
-                      f"{row['ours_vs_bare_seek_cpu']:.2f}x) | decode all {row['decode_all_clips_per_s']:.1f} "
-                      f"({row['ours_vs_decode_all']:.2f}x, CPU {row['ours_vs_decode_all_cpu']:.2f}x) | bare seek "
-                      f"wrong frames in {wrong}/{len(paths)} clips | ours exact: {exact}", flush=True)
-        for workers in args.workers:
+                print(f"[{group}, {workers} workers] ours {row['ours_clips_per_s']:.1f} clips/s | "
+                      + " | ".join(f"{m} {row[f'{m}_clips_per_s']:.1f} ({row[f'ours_vs_{m}']:.2f}x, CPU "
+                                   f"{row[f'ours_vs_{m}_cpu']:.2f}x)" for m in args.methods)
+                      + f" | {checks}", flush=True)
+        for workers in ([] if args.no_cache else args.workers):
             cache_dir = os.path.join(folder, f"cache_{workers}")
             row = dict(workers=workers, videos=len(every),
                        **cache_comparison(every, spec, workers, args.repeats, args.batch_size, cache_dir))

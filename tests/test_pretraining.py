@@ -204,6 +204,9 @@ def test_pretrain_export_then_finetune_from_it_with_and_without_lora(tiny_datase
     assert all(0.0 <= v <= 1.0 for v in report["retrieval"].values()) and math.isfinite(report["mvm_loss"])
     assert {"config.json", "model.safetensors", "pretraining.json"} <= set(os.listdir(folder))
     assert json.loads((folder / "pretraining.json").read_text())["objective"] == "both"
+    card = (folder / "README.md").read_text()  # the model card: what it is, how it was made, how to load it
+    assert "VideoMAEModel pretrained with both" in card and f"| mvm_loss | {report['mvm_loss']:.4f} |" in card
+    assert f"python main.py --pretrained {folder}" in card
     plots = os.listdir(tmp_path / "runs" / "pre" / "plots")
     assert {"pretraining_curves.png", "reconstruction.png"} <= set(plots)
 

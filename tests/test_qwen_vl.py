@@ -278,7 +278,10 @@ def test_qa_json_train_then_inference_gives_identical_answers(tiny_dataset, tmp_
     result = train_main.main(["--output_dir", out, "--run_name", "qwen", "--epochs", "1", "--max_steps", "2",
                               "--batch_size", "8", "--num_frames", "4", "--image_size", "32", "--num_beams", "2",
                               "--max_new_tokens", "5", "--speed_repeats", "0", "--summary_csv", "none", "--quiet",
-                              *flags])
+                              *flags, "--export_dir", str(tmp_path / "export")])
+    exported = json.load(open(tmp_path / "export" / "generation_config.json"))  # the run's decoding settings
+    assert (exported["num_beams"], exported["max_new_tokens"]) == (2, 5)
+    assert os.path.isfile(tmp_path / "export" / "adapter" / "adapter_model.safetensors")
     assert result["language_model"] == "qwen2-vl" and result["language_model_pretrained"] is False
     assert set(result["metrics"]) >= {"BLEU-4", "CIDEr", "ROUGE-L"} and result["num_samples"] == 8
     best = os.path.join(out, "qwen", "best")

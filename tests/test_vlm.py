@@ -138,8 +138,13 @@ def dummy_data_records(root):
 def test_train_and_infer_with_text_from_the_cli(tiny_dataset, tmp_path):
     out = str(tmp_path / "runs")
     flags = ["--use_vlm", "True", "--language_model", "bert", "--use_text", "True"]
+    export = tmp_path / "export"
     train_main.main(["--data_root", tiny_dataset, "--output_dir", out, "--run_name", "vlm", "--epochs", "1",
-                     "--max_steps", "2", "--batch_size", "8", *TINY_FLAGS, *flags, "--quiet"])
+                     "--max_steps", "2", "--batch_size", "8", *TINY_FLAGS, *flags, "--quiet", "--export_dir",
+                     str(export)])
+    # the Hugging Face export (tests/test_export_clean.py loads this kind without the repo)
+    assert {"tokenizer.json", "videolab_models_hf_language.py", "README.md"} <= set(os.listdir(export))
+    assert json.loads((export / "config.json").read_text())["model_type"] == "video-understanding-vision-language"
     best = os.path.join(out, "vlm", "best")
     assert os.path.isfile(os.path.join(best, "tokenizer", "tokenizer.json"))
     frames = str(tmp_path / "frames")
@@ -161,9 +166,12 @@ def test_captioner_checkpoint_round_trip_gives_identical_captions(tiny_dataset, 
     trained model captioned the same test videos."""
     out = str(tmp_path / "runs")
     flags = ["--use_vlm", "True", "--captioning", "True", "--use_text", "True", "--use_lora_llm", "True"]
+    export = tmp_path / "export"
     result = train_main.main(["--data_root", tiny_dataset, "--output_dir", out, "--run_name", "cap", "--epochs", "1",
                               "--max_steps", "2", "--batch_size", "8", *TINY_FLAGS, *flags, "--max_new_tokens", "6",
-                              "--quiet"])
+                              "--quiet", "--export_dir", str(export)])
+    assert {"generation_config.json", "adapter", "tokenizer.json"} <= set(os.listdir(export))
+    assert f"| BLEU-4 | {result['metrics']['BLEU-4']:.4f} |" in (export / "README.md").read_text()
     assert result["language_model"] == "gpt2" and result["language_model_pretrained"] is False
     assert set(result["metrics"]) >= {"BLEU-4", "CIDEr", "ROUGE-L", "METEOR"}
     assert os.path.isfile(os.path.join(out, "cap", "plots", "caption_examples.png"))

@@ -43,10 +43,10 @@ from safetensors.torch import load_file, save_file
 
 from videolab.core.errors import CheckpointError, RunError, UsageError
 from videolab.core.files import commit_folder, fsync_dir, new_temp_folder, write_json
+from videolab.core.layout import TOKENIZER_DIR  # noqa: F401  (re-exported: checkpoint folders hold it)
 
 WEIGHTS_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "run_config.json", "training_state.pt"
 LAST_LINK, BEST_DIR, CHECKPOINT_PREFIX = "last", "best", "checkpoint-"
-TOKENIZER_DIR = "tokenizer"  # a language model's tokenizer / processor inside a checkpoint folder
 PICKLE_SUFFIXES = (".pt", ".bin", ".pkl")  # torch.save files: ours and accelerate's
 STATE_FORMAT = 2  # 1 = optimizer/scheduler/RNG inside training_state.pt (epoch-granular resume, before save_state)
 

@@ -31,10 +31,16 @@ def nearest(name: Any, candidates: Sequence[str]) -> str:
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
+def import_module(name: str) -> Any:
+    """``importlib.import_module``; a name starting with ``.`` is a module beside this one (the flat copy of the
+    package in an export folder names its modules so: ``videolab.export.remote_code``)."""
+    return importlib.import_module(name, package=__package__ if name.startswith(".") else None)
+
+
 def load_target(path: str) -> Any:
     """``"package.module:attribute"`` -> the attribute (the module is imported)."""
     module_name, _, attribute = path.partition(":")
-    return getattr(importlib.import_module(module_name), attribute)
+    return getattr(import_module(module_name), attribute)
 
 
 @dataclass

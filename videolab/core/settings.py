@@ -194,10 +194,17 @@ class Settings:
                           "tensorboard) or wandb (pip install wandb); metrics.jsonl is always written",
                           choices=("none", "tensorboard", "wandb"), group=RUNTIME)
     export_dir: Optional[str] = _opt(None, "after training (or --eval_only) write the model in the Hugging Face "
-                                     "format: config.json, model.safetensors, video processor, id2label (LoRA runs: "
+                                     "format: stock transformers classes where the architecture is stock, else with "
+                                     "its model code (trust_remote_code); processors, a model card (LoRA runs: "
                                      "adapter/ too, unless --merge_lora)", group=RUNTIME)
     merge_lora: bool = _opt(False, "--export_dir of a LoRA run: merge the adapters into the weights instead of "
                             "writing them apart", group=RUNTIME)
+    export_onnx: bool = _opt(False, "--export_dir of a video classifier: also write model.onnx (dynamic batch), "
+                             "checked against PyTorch with onnxruntime (pip install -e '.[onnx]')",
+                             group=RUNTIME)
+    push_to_hub: Optional[str] = _opt(None, "--export_dir: then upload the folder to this Hugging Face Hub repo "
+                                      "(USER/NAME; needs the Hub and a token: hf auth login)", group=RUNTIME)
+    hub_private: bool = _opt(False, "--push_to_hub: create the repo private", group=RUNTIME)
     speed_repeats: int = _opt(5, "timed runs (after 2 warm-up runs) for the latency and throughput in eval.json; "
                               "0 = do not time", minimum=0, group=RUNTIME)
     # --- composable multimodal models (models/compose.py, data/audio.py) -----------------------------------------

@@ -22,7 +22,10 @@ def lora_targets(cfg, backbone: Backbone) -> list[str]:
 def apply_lora(module: nn.Module, targets: list[str], r: int, alpha: float, dropout: float,
                fan_in_fan_out: bool = False) -> nn.Module:
     """Wrap ``module`` with peft LoRA; only adapter weights stay trainable. ``fan_in_fan_out`` for GPT-2's Conv1D."""
-    from peft import LoraConfig, get_peft_model
+    try:  # optional where no LoRA is applied (model code copied into an export folder: export/remote_code.py)
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise UsageError("LoRA needs peft: pip install peft") from None
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
                         fan_in_fan_out=fan_in_fan_out)
     try:

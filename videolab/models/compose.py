@@ -53,7 +53,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import importlib
 import json
 import os
 from typing import Any, Callable, Optional
@@ -63,17 +62,17 @@ import yaml
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from videolab.core.checkpoints import TOKENIZER_DIR
+from videolab.core.layout import TOKENIZER_DIR
 from videolab.core.errors import UsageError
 from videolab.core.hub import loud_note, quiet_note
-from videolab.core.registry import nearest
+from videolab.core.registry import import_module, nearest
 from videolab.core.settings import DATA, FIELDS, MODEL, Settings, settings_from_dict
 from videolab.models.adapt import adapt_backbone, adapt_language_model
 from videolab.models.audio_encoder import AudioEncoder, sinusoidal_positions
 from videolab.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from videolab.models.classifier import ClassifierOutput, classification_loss
 from videolab.models.fusion import TokenFusion
-from videolab.models.hf import KeepsUnsavedBuffers
+from videolab.models.hf import KeepsUnsavedBuffers, LoadsFolderTokenizer
 from videolab.models.language import (LAST_TOKEN_POOLING, LanguageModel, load_text_encoder, real_token_positions,
                                       rebuild_language_model)
 from videolab.models.registry import FUSIONS, build_backbone
@@ -201,7 +200,7 @@ def _import_target(path: str) -> Any:
     modules = TARGET_ALIASES.get(module_name, (module_name,))
     for name in modules:
         try:
-            module = importlib.import_module(name)
+            module = import_module(name)
         except ImportError:
             raise UsageError(f"_target_ {path!r}: no module {module_name!r}") from None
         if hasattr(module, attribute):
@@ -443,7 +442,7 @@ class MultimodalConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
-class MultimodalClassifier(KeepsUnsavedBuffers, PreTrainedModel):
+class MultimodalClassifier(LoadsFolderTokenizer, KeepsUnsavedBuffers, PreTrainedModel):
     """Composed encoders + fusion + head (module docstring). forward(pixel_values [B, T, C, H, W], input_features
     [B, 80, F], audio_attention_mask [B, F] bool, text (B strings) or input_ids [B, L] + text_attention_mask [B, L],
     labels [B]) -> ClassifierOutput(loss, logits [B, num_labels]); each input only when its modality is composed.
@@ -492,6 +491,11 @@ class MultimodalClassifier(KeepsUnsavedBuffers, PreTrainedModel):
             self.batch_keys["text"] = "hint"  # the dataset's text hints, as with --use_text
         self.remember_unsaved_buffers()
         self.post_init()
+
+    @classmethod
+    def reads_tokenizer(cls, config: MultimodalConfig) -> bool:
+        """A registry text encoder: from_pretrained reads its tokenizer from the folder (``hf.LoadsFolderTokenizer``)."""
+        return config.text_arch is not None
 
     @property
     def lm(self) -> Optional[nn.Module]:

@@ -1,5 +1,6 @@
 """This repo's classifiers as ``transformers`` models: configs and ``PreTrainedModel`` wrappers that
-``save_pretrained`` / ``from_pretrained`` round-trip (the export folders of ``videolab/export``).
+``save_pretrained`` / ``from_pretrained`` round-trip (the export folders of ``videolab/export``, which carry this
+module as their model code: ``auto_map`` in config.json, ``trust_remote_code=True`` to load).
 
 Two things are written by hand because transformers' loader assumes its own model code: the model is built on a
 real device rather than the meta device (timm and our fusion layers compute buffers at construction), and buffers
@@ -64,6 +65,49 @@ class KeepsUnsavedBuffers:
 
     def _init_weights(self, module) -> None:
         """Nothing to do: the builders initialise every module, and from_pretrained then loads every weight."""
+
+
+class TiesNestedWeights:
+    """Mixin for a ``PreTrainedModel`` holding transformers models below its direct children (the captioner's
+    GPT-2 sits in ``captioner.language_model``): transformers collects tied weights (GPT-2's ``lm_head`` = its
+    token embedding) from direct children only, so ``save_pretrained`` would write one of the pair and
+    ``from_pretrained`` leave the other random. This adds the nested models' ties, names prefixed."""
+
+    def post_init(self) -> None:
+        super().post_init()
+        outer = []
+        for name, module in self.named_modules():
+            if name and isinstance(module, PreTrainedModel) and not any(name.startswith(o + ".") for o in outer):
+                outer.append(name)
+                self.all_tied_weights_keys.update({f"{name}.{k}": f"{name}.{v}"
+                                                   for k, v in (module.all_tied_weights_keys or {}).items()})
+
+
+HUB_ARGUMENTS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+class LoadsFolderTokenizer:
+    """Mixin for a ``PreTrainedModel`` built around a language model whose tokenizer is part of the model (it
+    turns text into ids inside ``forward`` / ``generate``): ``from_pretrained(folder)`` also reads the tokenizer
+    saved in the folder (a Hub id alike) and passes it to ``__init__`` as ``tokenizer``, unless one is given or
+    :meth:`reads_tokenizer` says the config's model has none."""
+
+    @classmethod
+    def reads_tokenizer(cls, config: PretrainedConfig) -> bool:
+        return True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        if kwargs.get("tokenizer") is None:
+            from transformers import AutoTokenizer
+            hub = {k: kwargs[k] for k in HUB_ARGUMENTS if kwargs.get(k) is not None}
+            config = kwargs.get("config")
+            if not isinstance(config, PretrainedConfig):
+                config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub)
+            if cls.reads_tokenizer(config):  # the folder's code is trusted (it is running): its config may be read
+                kwargs["tokenizer"] = AutoTokenizer.from_pretrained(pretrained_model_name_or_path,
+                                                                    trust_remote_code=True, **hub)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 
 class VideoClassifierForVideoClassification(KeepsUnsavedBuffers, PreTrainedModel):

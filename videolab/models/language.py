@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from videolab.core.checkpoints import TOKENIZER_DIR
+from videolab.core.layout import TOKENIZER_DIR
 from videolab.core.errors import UsageError
 from videolab.core.hub import hub_offline_mode, hub_reachable
 from videolab.models.captioner import tiny_gpt2_config, train_caption_tokenizer

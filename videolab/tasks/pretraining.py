@@ -225,7 +225,7 @@ class PretrainingTask(Task):
             objective=cfg.pretrain_objective, vision_model=cfg.vision_model, model_size=cfg.model_size,
             num_frames=cfg.num_frames, image_size=cfg.image_size, mask_type=cfg.mask_type, mask_ratio=cfg.mask_ratio,
             norm_pix_loss=cfg.norm_pix_loss, started_from=report["weights_source"], source_run=run.run_dir,
-            test=test))
+            test=test), settings=cfg.to_dict(), report=report)
         print(f"backbone folder: {folder} ({', '.join(files)}) | fine-tune it with: python main.py --pretrained "
               f"{folder} --vision_model {cfg.vision_model} --model_size {cfg.model_size} --num_frames "
               f"{cfg.num_frames} --image_size {cfg.image_size} [--use_lora_vision True]")
