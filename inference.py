@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 from videolab.cli import INFERENCE_ORDER, resolve, run_cli
 
 # --help: what inference uses comes first; the flags a checkpoint fixes only select one
-_PICKS = "the checkpoint fixes these: given here, they pick the newest run under --output_dir that matches and must agree with it"
+_PICKS = ("the checkpoint fixes these: given here, they pick the newest run under --output_dir that matches and must "
+          "agree with it")
 HELP_NOTES = {"model": _PICKS, "language": _PICKS, "data": _PICKS,
               "training": "training flags: no effect on a trained checkpoint"}
 

@@ -2,7 +2,8 @@
 
 Every :class:`~videolab.core.settings.Settings` field is a flag; a field whose metadata names a ``registry``
 gets its choices from that registry (``models/registry.py``, ``data/registry.py``, ``data/sampling.py``,
-``tasks/registry.py``), which the help lists. This module and the registries it reads import no torch, so ``--help`` and a mistyped flag answer at once.
+``tasks/registry.py``), which the help lists. This module and the registries it reads import no torch, so
+``--help`` and a mistyped flag answer at once.
 
 :func:`resolve` parses defaults < YAML < flags and checks each value alone; the combinations are checked by the
 parts that own them (``build_model.check_settings``). :func:`run_cli` runs a script's ``main`` and turns the

@@ -1,7 +1,8 @@
 """A synthetic audio-visual dataset where only sound and picture together tell every class apart.
 
 Class = (motion, tone): the picture shows one of four motions (the synthetic dataset's move right, move down, rotate
-clockwise, grow (``synthetic.make_video``); random shape, colours, background, distractor blob, noise), the sound track holds a low
+clockwise, grow (``synthetic.make_video``); random shape, colours, background, distractor blob, noise), the
+sound track holds a low
 (250-500 Hz) or a high (1-2 kHz) tone (random pitch in the band, onset, length, loudness and phase), over noise and,
 in half the clips, a distractor tone between the bands. So
 

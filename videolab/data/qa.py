@@ -25,7 +25,8 @@ a folder of frame images, or a ``.pt`` uint8 tensor [T, C, H, W] (what the synth
 ``--num_frames`` frames are sampled evenly (``--sampling uniform``). A record that breaks these rules stops the run
 with one line naming the file, the record and the fix.
 
-``python apps/make_qa_dataset.py --synthetic_root synthetic_dataset --out qa_synthetic`` turns the synthetic dataset into such
+``python apps/make_qa_dataset.py --synthetic_root synthetic_dataset --out qa_synthetic`` turns the synthetic
+dataset into such
 files (chat format): for every video the question "Describe the video." with its caption as the answer, and with
 ``--motion_questions`` also "How does the shape move?" with the motion (e.g. "it moves to the left").
 """

@@ -7,7 +7,8 @@ Reads what ``main.py`` wrote there (``metrics.jsonl``, ``eval.json``) and writes
 * ``per_class_accuracy.png`` test accuracy of every class, with the mean class accuracy and chance level;
 * ``caption_examples.png``   captioning runs: frames of example test videos with generated and reference captions.
 
-Every evaluation calls :func:`write_plots` at its end (``train_code.test_and_report``). Figures are drawn with matplotlib's
+Every evaluation calls :func:`write_plots` at its end (``train_code.test_and_report``). Figures are drawn with
+matplotlib's
 object-oriented API on the Agg canvas (``Figure``, no pyplot), so no display and no global backend are involved.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The self-supervised pretraining models (``python main.py --task pretrain --pretrain_objective mvm|contrastive|both``).
+"""The self-supervised pretraining models (``main.py --task pretrain --pretrain_objective mvm|contrastive|both``).
 
 Labels are ignored; any dataset the repo reads works for ``mvm`` (captions are needed for ``contrastive``).
 
