@@ -38,6 +38,7 @@ from videolab.core.hub import loud_note, quiet_note
 from videolab.core.registry import Registry
 from videolab.core.settings import Settings
 from videolab.data.registry import DATASETS
+from videolab.data.transforms import parse_rand_augment
 from videolab.export import huggingface as hf_export
 from videolab.export.onnx import missing_packages as onnx_missing_packages
 from videolab.export.push import check_push, push_folder
@@ -51,7 +52,7 @@ from videolab.models.language import (LanguageModel, is_causal, load_causal_lm, 
 from videolab.models.pretrainer import DECODER_PRESETS, build_video_pretrainer
 from videolab.models.qwen_vl import (QwenVLCaptioner, is_qwen_vl_name, load_qwen_vl, lora_settings,
                                      prepare_for_training, rebuild_qwen_vl)
-from videolab.models.registry import FUSIONS, backbone_kind, build_backbone, check_vision_model
+from videolab.models.registry import FUSIONS, backbone_kind, build_backbone, check_vision_model, has_drop_path
 from videolab.models.vlm import VideoTokenEncoder, VisionLanguageClassifier
 from videolab.tasks.registry import TASKS
 
@@ -385,6 +386,7 @@ def check_settings(cfg: Settings, explicit: Sequence[str] = ()) -> None:
                          "(LoRA trains adapters inside the backbone); choose one")
     if cfg.image_size % 2:
         raise UsageError(f"--image_size must be even, got {cfg.image_size}")
+    check_recipe(cfg)
     check_export_settings(cfg, kind)
     check_part_flags(cfg, explicit, task, kind)
     meta["check"](cfg)
@@ -393,6 +395,18 @@ def check_settings(cfg: Settings, explicit: Sequence[str] = ()) -> None:
     if "fusion" in explicit and backbone_kind(cfg.vision_model) == "video" and kind == "classifier":
         raise UsageError(f"--fusion applies to per-frame (timm) backbones; {cfg.vision_model} models time itself. "
                          f"Drop --fusion or choose e.g. --vision_model vit_small_patch16_224")
+
+
+def check_recipe(cfg) -> None:
+    """The training-recipe settings alone and with the parts they need: --rand_augment parses, stochastic depth
+    is in the backbone."""
+    try:
+        parse_rand_augment(cfg.rand_augment)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if cfg.drop_path_rate and not has_drop_path(cfg.vision_model):
+        raise UsageError(f"--drop_path_rate: {cfg.vision_model} (transformers) has no stochastic depth; drop "
+                         f"--drop_path_rate, or use --vision_model timesformer or a timm backbone")
 
 
 EXPORT_SETTINGS = ("export_dir", "merge_lora", "export_onnx", "push_to_hub", "hub_private")  # what an export does

@@ -262,6 +262,41 @@ class Settings:
     label_fraction: float = _opt(1.0, "share of every class of the train split used (stratified, seeded; the "
                                  "validation split is held out of it): a small label budget", minimum=0.001,
                                  maximum=1.0, group=DATA)
+    # --- training recipes: augmentation, EMA, layer-wise lr decay, stochastic depth, LoRA variants (issue 22) ----
+    mixup_alpha: float = _opt(0.0, "Mixup (timm.data.Mixup): Beta(alpha, alpha) mixing of two clips and their "
+                              "labels, soft-target loss; 0 = off (refused for datasets whose labels tell left from "
+                              "right or forwards from backwards, such as the synthetic one)", minimum=0.0)
+    cutmix_alpha: float = _opt(0.0, "CutMix (timm.data.Mixup): one box pasted from another clip, the same box in "
+                               "every frame, labels mixed by its area; 0 = off (refused like --mixup_alpha)",
+                               minimum=0.0)
+    mixup_prob: float = _opt(1.0, "--mixup_alpha / --cutmix_alpha: share of the batches mixed", minimum=0.0,
+                             maximum=1.0)
+    mixup_switch_prob: float = _opt(0.5, "both --mixup_alpha and --cutmix_alpha: share of the mixed batches that use "
+                                    "CutMix", minimum=0.0, maximum=1.0)
+    rand_augment: Optional[str] = _opt(None, "RandAugment on training clips (torchvision.transforms.v2), the same "
+                                       "operations and magnitudes on every frame: 'N,M' = N operations of magnitude "
+                                       "M (0-30), e.g. 2,9; none = off (refused like --mixup_alpha)", group=DATA)
+    model_ema: bool = _opt(False, "keep an exponential moving average of the weights (timm.utils.ModelEmaV3); "
+                           "validation, best/ and the test use the averaged weights")
+    model_ema_decay: float = _opt(0.9998, "--model_ema: decay per optimizer step (ema = decay * ema + (1 - decay) * "
+                                  "weights)", minimum=0.0, maximum=1.0)
+    model_ema_warmup: bool = _opt(False, "--model_ema: ramp the decay up from 0 (1 - (1 + step) ** -0.75, capped at "
+                                  "--model_ema_decay): for short runs, where a fixed 0.9998 would average in the "
+                                  "initial weights")
+    layer_decay: float = _opt(1.0, "layer-wise lr decay of a ViT-style backbone (VideoMAE, TimeSformer, timm ViT / "
+                              "Swin): block i of L trains at lr * decay ** (L + 1 - i), the embeddings at "
+                              "lr * decay ** (L + 1), fusion and head at lr; 1 = off", minimum=0.01, maximum=1.0)
+    drop_path_rate: float = _opt(0.0, "stochastic depth of the backbone (TimeSformer, timm models), rising linearly "
+                                 "to this rate in the last block; 0 = off", minimum=0.0, maximum=0.9, group=MODEL)
+    lora_use_rslora: bool = _opt(False, "rank-stabilised LoRA (peft use_rslora): scale alpha / sqrt(r) instead of "
+                                 "alpha / r", group=MODEL)
+    lora_bias: str = _opt("none", "LoRA: which biases train besides the adapters (peft bias): none, all, or "
+                          "lora_only", choices=("none", "all", "lora_only"), group=MODEL)
+    lora_exclude_modules: Optional[str] = _opt(None, "LoRA: comma-separated module names (or suffixes) left without "
+                                               "adapters even where --lora_target_modules matches (peft "
+                                               "exclude_modules)", group=MODEL)
+    skip_list: Optional[str] = _opt(None, "a skip list written by tools/check_videos.py: the videos it names are "
+                                    "left out of every split (reported as skipped)", group=DATA)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,14 +1,17 @@
-"""Classification: cross-entropy training, top-1 / top-5 validation, the test report (single- and multi-view,
-per class, confusion, time-reversal pairs) and top-k predictions at inference."""
+"""Classification: cross-entropy training (with Mixup / CutMix of the training batches when asked), top-1 / top-5
+validation, the test report (single- and multi-view, per class, confusion, time-reversal pairs) and top-k
+predictions at inference."""
 from __future__ import annotations
 
-from typing import Optional
+import sys
+from typing import Callable, Optional
 
 import torch
 from tqdm.auto import tqdm
 
 from videolab.core.errors import UsageError
 from videolab.data.clips import make_loader
+from videolab.data.registry import DATASETS
 from videolab.evaluation.metrics import classification_report, topk_correct
 from videolab.models.classifier import MultiViewClassifier, classification_loss
 from videolab.tasks.base import InferenceRun, Task, TestResult, TestRun, model_inputs
@@ -73,11 +76,64 @@ def test_line(headline: dict, cfg, single_view_top1: Optional[float]) -> str:
     return line
 
 
+MIX_FLAGS = ("mixup_alpha", "cutmix_alpha", "mixup_prob", "mixup_switch_prob")
+
+
+class ClipMixer:
+    """Mixup and CutMix of a training batch of clips (``timm.data.Mixup``, batch mode: one lambda per batch, each
+    clip mixed with its mirror in the batch); labels become soft targets [B, K] that sum to 1.
+
+    timm cuts its CutMix box out of the last two dimensions, so the clips are mixed through a [B, T * C, H, W] view
+    of pixel_values [B, T, C, H, W]: the box is the same in every frame and every channel, and Mixup's blend is the
+    same for every frame. The soft targets go to the model's own loss, ``classifier.classification_loss``: torch's
+    cross-entropy with probability targets is timm's SoftTargetCrossEntropy, and it applies --label_smoothing as
+    timm's Mixup would (so Mixup's own smoothing is 0). timm pairs clips, so a batch of odd size is not mixed; its
+    labels become one-hot targets, the same loss as hard labels."""
+
+    def __init__(self, cfg, num_classes: int):
+        from timm.data import Mixup
+        self.num_classes = num_classes
+        self.mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mixup_prob,
+                           switch_prob=cfg.mixup_switch_prob, mode="batch", label_smoothing=0.0,
+                           num_classes=num_classes)
+
+    def __call__(self, batch: dict) -> dict:
+        clips, labels = batch["pixel_values"].contiguous(), batch["labels"]  # [B, T, C, H, W], [B]
+        if len(clips) % 2:
+            return dict(batch, labels=torch.nn.functional.one_hot(labels, self.num_classes).float())
+        frames_folded = clips.view(len(clips), -1, *clips.shape[-2:])  # [B, T * C, H, W], a view: mixed in place
+        _, targets = self.mixup(frames_folded, labels)  # targets [B, K]
+        return dict(batch, pixel_values=clips, labels=targets)
+
+
+def mixing_wanted(cfg) -> bool:
+    return bool(cfg.mixup_alpha or cfg.cutmix_alpha) and cfg.mixup_prob > 0
+
+
 class ClassificationTask(Task):
     name = "classification"
+    flags = MIX_FLAGS  # another task refuses them
+
+    def check(self, cfg) -> None:
+        if mixing_wanted(cfg) and (cfg.use_text or cfg.modalities or cfg.model_config):
+            raise UsageError("--mixup_alpha / --cutmix_alpha mix the frames only, and this model also reads text or "
+                             "audio, which cannot be mixed with them; drop the mixing flags or the other inputs")
+
+    def batch_transform(self, cfg, num_classes: int) -> Optional[Callable[[dict], dict]]:
+        """Mixup / CutMix (:class:`ClipMixer`) when asked for; off, with a note, for a dataset whose labels tell
+        left from right or forwards from backwards (a CutMix box from a clip moving left in one moving right)."""
+        if not mixing_wanted(cfg):
+            return None
+        if DATASETS.meta(cfg.dataset).get("mirror_classes", False):
+            print(f"note: Mixup / CutMix are off for --dataset {cfg.dataset}: its labels tell directions apart, "
+                  f"which mixing two clips would blur", file=sys.stderr)
+            return None
+        return ClipMixer(cfg, num_classes)
 
     def train_correct(self, out, batch: dict) -> int:
-        return int((out.logits.argmax(-1) == batch["labels"].to(out.logits.device)).sum())
+        labels = batch["labels"].to(out.logits.device)
+        labels = labels.argmax(-1) if labels.dim() == 2 else labels  # soft targets: the class that weighs most
+        return int((out.logits.argmax(-1) == labels).sum())
 
     def epoch_record(self, loss_sum: float, correct: float, seen: float) -> dict:
         return dict(train_loss=loss_sum / max(seen, 1), train_top1=correct / max(seen, 1))
