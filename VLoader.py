@@ -42,7 +42,8 @@ def rand_augment(cfg, mirrored: bool, train: bool) -> Optional[tuple]:
         return None
     if mirrored:
         print(f"note: --rand_augment {cfg.rand_augment} is off for --dataset {cfg.dataset}: its labels tell "
-                   f"directions apart, which RandAugment's rotations, shears and translations would change", file=sys.stderr)
+              f"directions apart, which RandAugment's rotations, shears and translations would change",
+              file=sys.stderr)
         return None
     return parse_rand_augment(cfg.rand_augment)
 
