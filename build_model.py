@@ -44,7 +44,7 @@ from videolab.export.onnx import missing_packages as onnx_missing_packages
 from videolab.export.push import check_push, push_folder
 from videolab.models import compose
 from videolab.models.adapt import adapt_backbone, adapt_language_model, count_parameters, lora_targets
-from videolab.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from videolab.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, backbone_shape, preset_note
 from videolab.models.captioner import VideoCaptioner
 from videolab.models.classifier import VideoClassifier
 from videolab.models.language import (LanguageModel, is_causal, load_causal_lm, load_text_encoder,
@@ -117,8 +117,17 @@ def build_classifier(cfg, num_classes, arch, language_arch, checkpoint_folder, t
     model = VideoClassifier(backbone, cfg, num_classes)
     info = dict(backbone_info(cfg, backbone, model), fusion=cfg.fusion if backbone.kind == "frame" else "none",
                 lora_targets=lora_targets(cfg, backbone) if cfg.use_lora_vision else [])
+    shape = backbone_shape(backbone)
+    info.update(backbone_width=shape["width"], backbone_depth=shape["depth"],
+                fusion_width=model.temporal.layer_width if backbone.kind == "frame" else None)
     if verbose:
-        announce_model(info, f"{cfg.vision_model} ({backbone.kind} backbone, {info['fusion']} fusion)")
+        fusion = f", {info['fusion']} fusion {info['fusion_width']} wide x {cfg.fusion_depth}" \
+            if backbone.kind == "frame" and info["fusion"] != "mean" else f", {info['fusion']} fusion"
+        announce_model(info, f"{cfg.vision_model} '{cfg.model_size}' preset ({backbone.kind} backbone "
+                             f"{shape['width']} wide x {shape['depth']} blocks{fusion})")
+        note = preset_note(cfg, backbone, info["params_total"]) if arch is None else None
+        if note:
+            loud_note(note)
     return BuiltModel(model, backbone, info)
 
 

@@ -48,15 +48,19 @@ class Settings:
     # --- model -------------------------------------------------------------------------------------------------
     vision_model: str = _opt("videomae", "vision backbone: a registry name or any timm model name",
                              registry="backbones", group=MODEL)
-    model_size: str = _opt("tiny", "architecture preset; 'base' is the published architecture",
-                           choices=("tiny", "small", "base"), group=MODEL)
+    model_size: str = _opt("tiny", "architecture preset: 'tiny' and 'small' are REDUCED copies for CPU tests "
+                           "(VideoMAE tiny: 96 wide x 3 layers, 0.4 M; swin_tiny_patch4_window7_224 tiny: 0.3 M, not "
+                           "Swin-T's 28 M); 'base' is the published / named architecture (the banner says what was "
+                           "built)", choices=("tiny", "small", "base"), group=MODEL)
     pretrained: Optional[str] = _opt(None, "Hub id or local folder with pretrained weights; none = random init",
                                      group=MODEL)
     fusion: str = _opt("transformer", "temporal fusion after a per-frame (timm) backbone: transformer, mamba "
                        "(Mamba-1), mamba2 (Mamba-2, SSD) or 'mean' = frame averaging", registry="fusions", group=MODEL)
     fusion_depth: int = _opt(2, "fusion layers", minimum=1, group=MODEL)
     fusion_n_heads: int = _opt(4, "attention heads in the fusion layers", minimum=1, group=MODEL)
-    fusion_dim: int = _opt(0, "fusion width; 0 = the backbone's feature width", minimum=0, group=MODEL)
+    fusion_dim: Optional[int] = _opt(None, "fusion width; none = the backbone's feature width up to 128 (Swin-T + "
+                                     "fusion: OmniQ's 28 M), 0 = the backbone's feature width", minimum=0,
+                                     group=MODEL)
     fusion_dropout: float = _opt(0.1, "dropout inside the fusion layers", minimum=0.0, maximum=1.0, group=MODEL)
     fusion_d_state: int = _opt(16, "Mamba fusion: state size per channel", minimum=1, group=MODEL)
     fusion_d_conv: int = _opt(4, "Mamba fusion: causal depthwise convolution width", minimum=1, group=MODEL)
@@ -437,6 +441,102 @@ def load_yaml(path: str) -> dict[str, Any]:
             raise UsageError(f"unknown key {key!r} in {path}{nearest(key, list(FIELDS))} (valid keys: see --help)")
         values[key] = coerce(key, value)
     return values
+
+
+def read_model_section(text: Optional[str]) -> Optional[dict]:
+    """The ``model:`` section ``--model_config`` holds: a YAML file (a ``model:`` key or the bare section), or the
+    inline section a settings YAML (or a nested override) carried as JSON; None when there is none."""
+    if not text:
+        return None
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    if not os.path.isfile(text):
+        raise UsageError(f"--model_config {text!r} not found; pass a YAML file with a model: section")
+    try:
+        with open(text) as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--model_config {text!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if isinstance(data, dict) and "model" in data:
+        extra = sorted(set(data) - {"model"})
+        if extra:
+            raise UsageError(f"--model_config {text!r} may only hold a model: section, found {extra}; settings go "
+                             f"in --config")
+        data = data["model"]
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# nested overrides: key.sub=value, --key.sub value
+# ----------------------------------------------------------------------------------------------------------------
+MODEL_SECTION = "model"
+
+
+def set_nested(section: dict, path: Sequence[str], value: Any, spelled: str) -> dict:
+    """A copy of ``section`` with ``section[path[0]][path[1]]... = value`` (missing sections are created)."""
+    out = json.loads(json.dumps(section))
+    node = out
+    for i, key in enumerate(path[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            where = ".".join([MODEL_SECTION, *path[:i + 1]])
+            raise UsageError(f"{spelled}: {where} is {child!r}, not a section; override {where} itself, or write "
+                             f"it as a section in the YAML file")
+        node = child
+    node[path[-1]] = value
+    return out
+
+
+def nested_field(dotted: str) -> str:
+    """``lora.r`` -> ``lora_r``, ``fusion.type`` -> ``fusion`` (the YAML sections' shorthand, :func:`flatten_yaml`)."""
+    parts = dotted.split(".")
+    data: Any = "x"
+    for key in reversed(parts):
+        data = {key: data}
+    return next(iter(flatten_yaml(data)))
+
+
+def apply_overrides(values: dict[str, Any], overrides: Sequence[tuple[str, str, str]], flat_flags: set[str]
+                    ) -> tuple[dict[str, Any], set[str]]:
+    """Nested overrides on the settings read so far. ``overrides``: (dotted key, value text, as typed); the model
+    section's keys (``model.encoders.video.model_size=small``) change the ``model:`` section (a YAML value:
+    numbers, booleans, lists), every other dotted key names a setting through its section (``lora.r=4`` is
+    ``lora_r``). Returns (the new values, the settings set). A setting given twice, or both as a flag and as an
+    override, is refused like a flag given twice; unknown keys and bad values get the flags' errors."""
+    values, set_here = dict(values), {}
+    for dotted, text, spelled in overrides:
+        parts = dotted.split(".")
+        if any(not p for p in parts):
+            raise UsageError(f"{spelled}: empty key in {dotted!r}; write section.key=value, e.g. lora.r=8")
+        if parts[0] == MODEL_SECTION:
+            if len(parts) < 2:
+                raise UsageError(f"{spelled}: name a key of the model section, e.g. model.fusion.dim=128")
+            section = read_model_section(values.get("model_config"))
+            if section is None:
+                raise UsageError(f"{spelled} overrides the model: section, and this run has none; give one with "
+                                 f"--model_config FILE or a model: section in --config")
+            if dotted in set_here:
+                raise UsageError(f"{spelled} and {set_here[dotted]} set the same key; give it once")
+            try:
+                value = yaml.safe_load(text) if text.strip() else ""
+            except yaml.YAMLError:
+                value = text
+            values["model_config"] = json.dumps(set_nested(section, parts[1:], value, spelled))
+            set_here[dotted] = spelled
+            continue
+        name = nested_field(dotted)
+        if name not in FIELDS:
+            known = [k for k in FIELDS]
+            raise UsageError(f"unknown setting {spelled} (no setting {name!r}){nearest(name, known)} (see --help)")
+        if name in flat_flags or name in set_here:
+            other = f"--{name}" if name in flat_flags else set_here[name]
+            raise UsageError(f"{spelled} and {other} set the same setting ({name}); give it once")
+        try:
+            values[name] = coerce(name, text)
+        except UsageError as exc:
+            raise UsageError(str(exc).replace(f"--{name} ", f"{spelled} (--{name}) ", 1)) from None
+        set_here[name] = spelled
+    return values, {k if k in FIELDS else "model_config" for k in set_here}
 
 
 def settings_from_dict(data: dict[str, Any]) -> Settings:

@@ -201,3 +201,31 @@ def build_timm_backbone(cfg, arch: Optional[dict] = None) -> Backbone:
     return Backbone(FrameEncoder(model), "frame", model.num_features, tuple(data_cfg.get("mean", IMAGENET_MEAN)),
                     tuple(data_cfg.get("std", IMAGENET_STD)), pretrained, source, arch,
                     TIMM_LORA_TARGETS.get(family, []))
+
+
+def backbone_shape(backbone: Backbone) -> dict:
+    """{width, depth}: the feature width and the number of transformer blocks (None when the model has no blocks
+    we know of, such as a convnet), for the start-up banner and the run's model info."""
+    module, depth = backbone.module, None
+    for inner in module.modules():
+        config = getattr(inner, "config", None)
+        if config is not None and hasattr(config, "num_hidden_layers"):  # transformers video models
+            depth = config.num_hidden_layers
+            break
+        if hasattr(inner, "group_matcher"):  # timm: ViT blocks, or Swin stages of blocks
+            if hasattr(inner, "blocks"):
+                depth = len(inner.blocks)
+            elif hasattr(inner, "layers"):
+                depth = sum(len(getattr(stage, "blocks", ())) for stage in inner.layers) or None
+            break
+    return dict(width=backbone.feature_dim, depth=depth)
+
+
+def preset_note(cfg, backbone: Backbone, params: int) -> Optional[str]:
+    """A warning when a reduced preset ('tiny', 'small') builds a timm model whose name promises the full one."""
+    if backbone.kind != "frame" or cfg.model_size == "base" or backbone.arch.get("loaded"):
+        return None
+    shape = backbone_shape(backbone)
+    return (f"--model_size {cfg.model_size} builds a REDUCED {cfg.vision_model} ({shape['width']} features, "
+            f"{shape['depth']} blocks, {params / 1e6:.2f} M parameters in all), not the architecture its name "
+            f"says: pass --model_size base for it")

@@ -53,12 +53,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 import os
 from typing import Any, Callable, Optional
 
 import torch
-import yaml
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -67,6 +65,7 @@ from videolab.core.errors import UsageError
 from videolab.core.hub import loud_note, quiet_note
 from videolab.core.registry import import_module, nearest
 from videolab.core.settings import DATA, FIELDS, MODEL, Settings, settings_from_dict
+from videolab.core.settings import read_model_section as settings_read_model_section
 from videolab.models.adapt import adapt_backbone, adapt_language_model
 from videolab.models.audio_encoder import AudioEncoder, sinusoidal_positions
 from videolab.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
@@ -273,27 +272,9 @@ def normalise(section: Any, cfg: Settings) -> dict:
 
 
 def read_model_section(cfg: Settings) -> Optional[dict]:
-    """The ``model:`` section from --model_config (a YAML file, or the inline section a settings YAML carried as
-    JSON), or None."""
-    text = cfg.model_config
-    if not text:
-        return None
-    if text.lstrip().startswith("{"):
-        return json.loads(text)
-    if not os.path.isfile(text):
-        raise UsageError(f"--model_config {text!r} not found; pass a YAML file with a model: section")
-    try:
-        with open(text) as fh:
-            data = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise UsageError(f"--model_config {text!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if isinstance(data, dict) and "model" in data:
-        extra = sorted(set(data) - {"model"})
-        if extra:
-            raise UsageError(f"--model_config {text!r} may only hold a model: section, found {extra}; settings go "
-                             f"in --config")
-        data = data["model"]
-    return data
+    """The ``model:`` section from --model_config (a YAML file, or the inline section a settings YAML or a nested
+    override carried as JSON), or None (``videolab.core.settings.read_model_section``)."""
+    return settings_read_model_section(cfg.model_config)
 
 
 def parse_modalities(text: Optional[str]) -> list[str]:
