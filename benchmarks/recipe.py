@@ -9,7 +9,7 @@ Two setups, each run with today's recipe and with the new one, same seeds, same 
 * ``default``: ``python main.py`` (VideoMAE-tiny from random weights, the synthetic motion dataset), ``--epochs``
   scaled down to fit the machine;
 * ``low_label``: ``--label_fraction 0.1`` fine-tuning from the masked-video-pretrained backbone
-  (``benchmarks/pretrain_finetune.py --steps pretrain`` writes it), 30 epochs.
+  (``benchmarks/pretrain_finetune.py --steps pretrain`` writes it), ``--low_label_epochs`` (30).
 
 The recipe is ``RECIPE`` below. On the synthetic dataset Mixup, CutMix and RandAugment are off (its classes tell
 left from right and forwards from backwards, ``--dataset synthetic`` turns them off), so there the recipe is layer
@@ -41,7 +41,8 @@ RECIPES = {"today": [],
 def setup_flags(setup: str, opts) -> list[str]:
     if setup == "default":
         return ["--epochs", str(opts.epochs), "--lr", "5e-4"]
-    return ["--label_fraction", "0.1", "--epochs", "30", "--lr", "5e-4", "--pretrained", opts.pretrained]
+    return ["--label_fraction", "0.1", "--epochs", str(opts.low_label_epochs), "--lr", "5e-4", "--pretrained",
+            opts.pretrained]
 
 
 def run_name(setup: str, recipe: str, seed: int) -> str:
@@ -91,6 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--steps", nargs="+", default=["train", "report"], choices=["train", "report"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30, help="the default setup's epochs")
+    parser.add_argument("--low_label_epochs", type=int, default=30, help="the low_label setup's epochs")
     parser.add_argument("--pretrained", default="checkpoints/pretrain_benchmark/pretrain-mvm/backbone")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "recipe_cpu.json"))
     opts = parser.parse_args(argv)
