@@ -413,6 +413,9 @@ def check_recipe(cfg) -> None:
         parse_rand_augment(cfg.rand_augment)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if cfg.skip_list and cfg.dataset not in ("ucf101", "videofolder"):
+        raise UsageError(f"--skip_list names video files of --dataset ucf101 or videofolder; --dataset {cfg.dataset} "
+                         f"has none: drop --skip_list")
     if cfg.drop_path_rate and not has_drop_path(cfg.vision_model):
         raise UsageError(f"--drop_path_rate: {cfg.vision_model} (transformers) has no stochastic depth; drop "
                          f"--drop_path_rate, or use --vision_model timesformer or a timm backbone")

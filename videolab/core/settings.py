@@ -299,8 +299,8 @@ class Settings:
     lora_exclude_modules: Optional[str] = _opt(None, "LoRA: comma-separated module names (or suffixes) left without "
                                                "adapters even where --lora_target_modules matches (peft "
                                                "exclude_modules)", group=MODEL)
-    skip_list: Optional[str] = _opt(None, "a skip list written by tools/check_videos.py: the videos it names are "
-                                    "left out of every split (reported as skipped)", group=DATA)
+    skip_list: Optional[str] = _opt(None, "ucf101 / videofolder: a skip list written by apps/check_videos.py; the "
+                                    "videos it names are left out of every split", group=DATA)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
