@@ -77,17 +77,22 @@ def shape_of_frame_folder(folder: str) -> VideoShape:
     return VideoShape(len(names), width, height)
 
 
-def problem_of(video: str, path: str, frames_folder: bool, min_frames: int, min_side: int) -> Optional[Problem]:
-    """The first problem of one video (or None): empty, unreadable, too short, mis-sized."""
+def inspect_video(video: str, path: str, frames_folder: bool, min_frames: int, min_side: int
+                  ) -> tuple[Optional[VideoShape], Optional[Problem]]:
+    """(its shape when it could be read, its first problem or None): empty, unreadable, too short, mis-sized."""
     if not frames_folder and os.path.getsize(path) == 0:
-        return Problem(video, "empty", "0-byte file")
+        return None, Problem(video, "empty", "0-byte file")
     try:
         shape = shape_of_frame_folder(path) if frames_folder else shape_of_video_file(path)
     except VideoError as exc:
         reason = str(exc).replace(f"{path}: ", "")
         kind = "mis_sized" if "differ in size" in reason else (
             "empty" if "0 frames" in reason or "no frame" in reason else "unreadable")
-        return Problem(video, kind, reason)
+        return None, Problem(video, kind, reason)
+    return shape, problem_of_shape(video, shape, min_frames, min_side)
+
+
+def problem_of_shape(video: str, shape: VideoShape, min_frames: int, min_side: int) -> Optional[Problem]:
     if shape.frames == 0:
         return Problem(video, "empty", "no frames")
     if shape.frames < min_frames:
@@ -101,6 +106,14 @@ def check_dataset(root: str, layout: str, min_frames: int, min_side: int, show_p
                   ) -> tuple[list[str], list[Problem]]:
     """(the videos checked, their problems) of the dataset at ``root``: ``layout`` videos (files) or frames
     (folders of images)."""
+    records, problems = scan_dataset(root, layout, min_frames, min_side, show_progress)
+    return [r["video"] for r in records], problems
+
+
+def scan_dataset(root: str, layout: str, min_frames: int, min_side: int, show_progress: bool = True
+                 ) -> tuple[list[dict], list[Problem]]:
+    """(one record per video {video, label (its top folder), frames, width, height; None where unreadable or
+    empty}, the problems) of the dataset at ``root``."""
     from tqdm.auto import tqdm
     if not os.path.isdir(root):
         raise UsageError(f"--data_root {root!r} is not a folder; pass the dataset folder (UCF101: UCF-101/)")
@@ -109,12 +122,15 @@ def check_dataset(root: str, layout: str, min_frames: int, min_side: int, show_p
     if not videos:
         what = "frame folders (images)" if frames_folder else "video files"
         raise UsageError(f"no {what} under --data_root {root!r}; check the path or --layout")
-    problems = []
+    records, problems = [], []
     for video in tqdm(videos, desc="checking videos", unit="video", disable=not show_progress):
-        problem = problem_of(video, os.path.join(root, video), frames_folder, min_frames, min_side)
+        shape, problem = inspect_video(video, os.path.join(root, video), frames_folder, min_frames, min_side)
+        label = video.split(os.sep)[0] if os.sep in video else "(top level)"
+        records.append(dict(video=video, label=label, **(asdict(shape) if shape and shape.frames else
+                                                          dict(frames=None, width=None, height=None))))
         if problem is not None:
             problems.append(problem)
-    return videos, problems
+    return records, problems
 
 
 def skip_list_text(root: str, problems: Iterable[Problem]) -> str:

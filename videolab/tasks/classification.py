@@ -3,16 +3,23 @@ validation, the test report (single- and multi-view, per class, confusion, time-
 predictions at inference."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Optional
+
+import numpy as np
 
 import torch
 from tqdm.auto import tqdm
 
 from videolab.core.errors import UsageError
+from videolab.core.files import write_json
 from videolab.data.clips import make_loader
 from videolab.data.registry import DATASETS
 from videolab.evaluation.metrics import classification_report, topk_correct
+from videolab.evaluation.plots import (PLOTS_DIR, plot_attention_rollout, plot_fusion_attention, save_figure,
+                                      write_plots)
+from videolab.models.attention import attention_rollout, fusion_attention
 from videolab.models.classifier import MultiViewClassifier, classification_loss
 from videolab.tasks.base import InferenceRun, Task, TestResult, TestRun, model_inputs
 
@@ -110,6 +117,40 @@ def mixing_wanted(cfg) -> bool:
     return bool(cfg.mixup_alpha or cfg.cutmix_alpha) and cfg.mixup_prob > 0
 
 
+def display_frames(pixel_values: torch.Tensor, spec) -> np.ndarray:
+    """A normalised clip [T, 3, H, W] -> uint8 [T, H, W, 3] for drawing (the dataset's mean / std undone)."""
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    return ((pixel_values.float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def attention_plots(model, test_set, out_dir: str, title: str) -> list[str]:
+    """Where they apply (a Transformer fusion; VideoMAE or a timm ViT backbone): the fusion's per-head temporal
+    attention and the backbone's attention rollout for the first readable test clip, drawn over its frames, and
+    ``attention.json`` with the numbers ([heads, T] and [T, h, w]). Returns the files written."""
+    readable = torch.nonzero(test_set.readable()).flatten().tolist()
+    if not readable or not hasattr(test_set, "spec"):
+        return []
+    item = test_set[readable[0]]
+    clip = item["pixel_values"]  # [T, 3, S, S]
+    device = next(model.parameters()).device
+    weights = fusion_attention(model, clip[None].to(device))  # [1, heads, T] or None
+    maps = attention_rollout(model, clip[None].to(device))  # [1, T, h, w] or None
+    video = test_set.video_id(readable[0])
+    frames, written, numbers, title = display_frames(clip, test_set.spec), [], dict(video=video), f"{title} | {video}"
+    if weights is not None:
+        numbers["fusion_attention"] = weights[0].cpu().tolist()
+        written.append(save_figure(plot_fusion_attention(weights[0].cpu().numpy(), frames, title),
+                                   os.path.join(out_dir, "fusion_attention.png")))
+    if maps is not None:
+        numbers["attention_rollout"] = maps[0].cpu().tolist()
+        written.append(save_figure(plot_attention_rollout(maps[0].cpu().numpy(), frames, title),
+                                   os.path.join(out_dir, "attention_rollout.png")))
+    if written:
+        written.append(write_json(os.path.join(out_dir, "attention.json"), numbers))
+    return written
+
+
 class ClassificationTask(Task):
     name = "classification"
     flags = MIX_FLAGS  # another task refuses them
@@ -170,6 +211,13 @@ class ClassificationTask(Task):
         single = results["single_view"]["top1"] if views > 1 else None
         return TestResult(headline, dict(class_names=run.class_names, **report), test_line(headline, cfg, single),
                           results)
+
+    def plots(self, run: TestRun, report: dict) -> list[str]:
+        """The run's plots and, where they apply, the attention plots (:func:`attention_plots`)."""
+        model = run.accelerator.unwrap_model(run.model)
+        title = f"{os.path.basename(run.run_dir)} | {run.cfg.vision_model}"
+        return write_plots(run.run_dir) + attention_plots(model, run.test_set, os.path.join(run.run_dir, PLOTS_DIR),
+                                                          title)
 
     @torch.no_grad()
     def predict(self, model, batch: dict, accelerator, cfg):
