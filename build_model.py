@@ -413,6 +413,9 @@ def check_recipe(cfg) -> None:
         parse_rand_augment(cfg.rand_augment)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if cfg.max_eval_samples and cfg.dataset != "qa_json":
+        raise UsageError(f"--max_eval_samples limits the records of --dataset qa_json; --dataset {cfg.dataset} "
+                         f"evaluates every clip: drop --max_eval_samples")
     if cfg.skip_list and cfg.dataset not in ("ucf101", "videofolder"):
         raise UsageError(f"--skip_list names video files of --dataset ucf101 or videofolder; --dataset {cfg.dataset} "
                          f"has none: drop --skip_list")

@@ -299,6 +299,8 @@ class Settings:
     lora_exclude_modules: Optional[str] = _opt(None, "LoRA: comma-separated module names (or suffixes) left without "
                                                "adapters even where --lora_target_modules matches (peft "
                                                "exclude_modules)", group=MODEL)
+    max_eval_samples: int = _opt(0, "--dataset qa_json: evaluate on the first N validation and test records only (a "
+                                 "quick check); 0 = all", minimum=0, group=RUNTIME)
     skip_list: Optional[str] = _opt(None, "ucf101 / videofolder: a skip list written by apps/check_videos.py; the "
                                     "videos it names are left out of every split", group=DATA)
 
