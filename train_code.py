@@ -501,7 +501,7 @@ def resume_differences(cfg: Settings, saved_config: dict, state: dict, class_nam
                      f"{len(class_names)} classes {class_names} here")
     model_and_data = [k for k in FIELDS if FIELDS[k].metadata["group"] in (MODEL, DATA) and k not in RESUME_FREE]
     diffs += [f"{k}={saved.get(k)!r} there, {getattr(cfg, k)!r} here" for k in model_and_data
-              if saved.get(k) != getattr(cfg, k)]
+              if saved.get(k) != getattr(cfg, k) and not same_model(k, saved.get(k), getattr(cfg, k), saved_config)]
     if state["num_processes"] != num_processes:
         diffs.append(f"{state['num_processes']} processes there, {num_processes} here (each process's RNG state is "
                      f"saved; launch with --nproc_per_node / --num_processes {state['num_processes']})")
@@ -509,6 +509,13 @@ def resume_differences(cfg: Settings, saved_config: dict, state: dict, class_nam
         diffs += [f"{k}={saved.get(k)!r} there, {getattr(cfg, k)!r} here (mid-epoch checkpoint)" for k in BATCH_LAYOUT
                   if saved.get(k) != getattr(cfg, k)]
     return diffs
+
+
+def same_model(key: str, there, here, saved_config: dict) -> bool:
+    """A setting that differs in value but not in the model built: --fusion_dim 0 (the former default) and none
+    (the automatic width) when the saved model has no fusion (a video backbone's classifier)."""
+    return key == "fusion_dim" and {there, here} == {0, None} and \
+        saved_config.get("model_info", {}).get("fusion") == "none" and not saved_config["settings"].get("modalities")
 
 
 def write_jsonl(path: str, records: list) -> None:

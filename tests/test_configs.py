@@ -52,3 +52,14 @@ def test_videomae_b_recipe_holds_the_published_hyperparameters():
     assert cfg.lr * cfg.batch_size * cfg.gradient_accumulation_steps == pytest.approx(5e-4 * 128 / 256 * 128)
     assert built.info["backbone_width"] == 768 and built.info["backbone_depth"] == 12
     assert built.info["params_total"] == pytest.approx(86.2e6, rel=0.01)  # ViT-B/16 video + a 101-class head
+
+
+def test_a_run_saved_with_the_former_fusion_dim_default_still_resumes_when_it_has_no_fusion():
+    import train_code
+    from videolab.core.settings import Settings
+    here = Settings()  # fusion_dim none: the automatic width
+    saved = dict(settings=Settings(fusion_dim=0).to_dict(), class_names=["a", "b"], model_info=dict(fusion="none"))
+    state = dict(num_processes=1, batch=0)
+    assert train_code.resume_differences(here, saved, state, ["a", "b"], 1) == []
+    saved["model_info"]["fusion"] = "transformer"  # a per-frame backbone: the widths may differ, refused
+    assert train_code.resume_differences(here, saved, state, ["a", "b"], 1) == ["fusion_dim=0 there, None here"]
