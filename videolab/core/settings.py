@@ -268,18 +268,20 @@ class Settings:
                                  maximum=1.0, group=DATA)
     # --- training recipes: augmentation, EMA, layer-wise lr decay, stochastic depth, LoRA variants (issue 22) ----
     mixup_alpha: float = _opt(0.0, "Mixup (timm.data.Mixup): Beta(alpha, alpha) mixing of two clips and their "
-                              "labels, soft-target loss; 0 = off (refused for datasets whose labels tell left from "
-                              "right or forwards from backwards, such as the synthetic one)", minimum=0.0)
+                              "labels, soft-target loss; 0 = off (also off, with a note, for datasets whose labels "
+                              "tell left from right or forwards from backwards, such as the synthetic one)",
+                              minimum=0.0)
     cutmix_alpha: float = _opt(0.0, "CutMix (timm.data.Mixup): one box pasted from another clip, the same box in "
-                               "every frame, labels mixed by its area; 0 = off (refused like --mixup_alpha)",
-                               minimum=0.0)
+                               "every frame, labels mixed by its area; 0 = off (also off for the datasets "
+                               "--mixup_alpha names)", minimum=0.0)
     mixup_prob: float = _opt(1.0, "--mixup_alpha / --cutmix_alpha: share of the batches mixed", minimum=0.0,
                              maximum=1.0)
     mixup_switch_prob: float = _opt(0.5, "both --mixup_alpha and --cutmix_alpha: share of the mixed batches that use "
                                     "CutMix", minimum=0.0, maximum=1.0)
     rand_augment: Optional[str] = _opt(None, "RandAugment on training clips (torchvision.transforms.v2), the same "
                                        "operations and magnitudes on every frame: 'N,M' = N operations of magnitude "
-                                       "M (0-30), e.g. 2,9; none = off (refused like --mixup_alpha)", group=DATA)
+                                       "M (0-30), e.g. 2,9; none = off (also off for the datasets --mixup_alpha "
+                                       "names)", group=DATA)
     model_ema: bool = _opt(False, "keep an exponential moving average of the weights (timm.utils.ModelEmaV3); "
                            "validation, best/ and the test use the averaged weights")
     model_ema_decay: float = _opt(0.9998, "--model_ema: decay per optimizer step (ema = decay * ema + (1 - decay) * "
