@@ -54,6 +54,8 @@ def train(opts) -> None:
     for setup in opts.setups:
         for seed in opts.seeds:
             for recipe, flags in RECIPES.items():
+                if recipe not in opts.recipes:
+                    continue
                 if os.path.isfile(os.path.join(opts.output_dir, run_name(setup, recipe, seed), "eval.json")):
                     continue
                 command = [sys.executable, os.path.join(ROOT, "main.py"), *COMMON, "--data_root", opts.data_root,
@@ -91,6 +93,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--setups", nargs="+", default=["default", "low_label"], choices=["default", "low_label"])
     parser.add_argument("--steps", nargs="+", default=["train", "report"], choices=["train", "report"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES),
+                        help="train only these (several drivers can then share the runs)")
     parser.add_argument("--epochs", type=int, default=30, help="the default setup's epochs")
     parser.add_argument("--low_label_epochs", type=int, default=30, help="the low_label setup's epochs")
     parser.add_argument("--pretrained", default="checkpoints/pretrain_benchmark/pretrain-mvm/backbone")
