@@ -29,7 +29,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     import VLoader
     from videolab.core.checkpoints import read_run_config
     from videolab.core.errors import UsageError
-    from videolab.core.runs import pick_checkpoint
+    from videolab.core.runs import check_inference_outputs, pick_checkpoint
     from videolab.core.runtime import make_accelerator, progress_enabled
     from videolab.core.settings import FIELDS, MODEL, merge_with_checkpoint, settings_from_dict
     from videolab.data.clips import make_loader
@@ -39,8 +39,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if not cli.video_dir:
         raise UsageError("--video_dir is required: a video file, a folder of videos, a folder of frames, or a folder "
                          "of frame folders (python create_dummy.py writes ./frames_see/)")
+    check_inference_outputs(cli)  # before any model is loaded: an existing or unwritable predictions file
     wanted = {k: getattr(cli, k) for k in explicit if FIELDS[k].metadata["group"] == MODEL}
-    folder = pick_checkpoint(cli.checkpoint, cli.output_dir, wanted)
+    folder = pick_checkpoint(cli.checkpoint, cli.output_dir, wanted,
+                             build_model.kind_name(build_model.resolve_settings(cli)), build_model.checkpoint_kind)
     run_config = read_run_config(folder)
     cfg = build_model.resolve_settings(merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli,
                                                              explicit, folder))

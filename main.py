@@ -10,6 +10,7 @@ split without training and writes the same report beside the checkpoint (in ``ch
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from typing import Optional, Sequence
@@ -20,8 +21,10 @@ from videolab.cli import resolve, run_cli
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     cli, explicit, ns = resolve(argv, "main.py", __doc__.splitlines()[0])
     import build_model  # after parsing: --help and flag mistakes answer before torch is imported
+    from videolab.core.runs import check_run_outputs
     cfg = build_model.resolve_settings(cli)
     build_model.check_settings(cfg, explicit)
+    check_run_outputs(cfg)
     if cfg.eval_only:
         return evaluate_checkpoint(cli, explicit)
     chosen = {k: f"settings file {ns.config_file}" for k in ns.config_keys}
@@ -35,6 +38,27 @@ def train_and_evaluate(cfg, chosen: Optional[dict] = None) -> dict:
     ``chosen``: the settings the user set and where ({name: "flag" | "settings file F"}); a precision or
     accumulation not among them comes from ``accelerate launch`` when it was given one (runtime.accelerate_values).
     """
+    from accelerate import PartialState
+
+    import build_model
+    from videolab.core.runs import own_run_folder, resume_folder, run_folder
+    from videolab.core.runtime import accelerate_values, check_tracker_installed
+
+    check_tracker_installed(cfg.report_to)
+    cfg, sources = accelerate_values(cfg, chosen or {})
+    if any(source.startswith("accelerate") for source in sources.values()):
+        build_model.check_settings(cfg, set(chosen or ()))  # a launcher's precision must suit the model too
+    task = build_model.task_of(cfg)
+    resume_from = resume_folder(cfg.resume_from_checkpoint, cfg.output_dir, cfg.run_name) \
+        if cfg.resume_from_checkpoint else None
+    run_dir = run_folder(cfg.output_dir, cfg.run_name, resume_from, task.run_name(cfg))
+    # one process at a time per run folder, and an existing run only when resumed or --overwrite
+    with own_run_folder(run_dir, resume_from, cfg.overwrite, main_process=PartialState().is_main_process):
+        return train_in_folder(cfg, sources, resume_from, run_dir)
+
+
+def train_in_folder(cfg, sources: dict, resume_from: Optional[str], run_dir: str) -> dict:
+    """train_and_evaluate in the run folder it owns (``run_dir``)."""
     import torch
     from accelerate.utils import set_seed
 
@@ -43,18 +67,10 @@ def train_and_evaluate(cfg, chosen: Optional[dict] = None) -> dict:
     import VLoader
     from videolab.core.checkpoints import load_weights, read_run_config
     from videolab.core.files import write_text
-    from videolab.core.runs import resume_folder, run_folder
-    from videolab.core.runtime import accelerate_values, check_tracker_installed, is_sharded, progress_enabled
+    from videolab.core.runtime import is_sharded, progress_enabled
     from videolab.evaluation.reports import reset_peak_memory
 
-    check_tracker_installed(cfg.report_to)
-    cfg, sources = accelerate_values(cfg, chosen or {})
-    if any(source.startswith("accelerate") for source in sources.values()):
-        build_model.check_settings(cfg, set(chosen or ()))  # a launcher's precision must suit the model too
     task, kind = build_model.task_of(cfg), build_model.MODEL_KINDS.meta(build_model.kind_name(cfg))
-    resume_from = resume_folder(cfg.resume_from_checkpoint, cfg.output_dir, cfg.run_name) \
-        if cfg.resume_from_checkpoint else None
-    run_dir = run_folder(cfg.output_dir, cfg.run_name, resume_from, task.run_name(cfg))
     accelerator = train_code.make_run_accelerator(cfg, run_dir, kind.get("unused_parameters", False))
     memory_from_start = reset_peak_memory(accelerator.device)
     with accelerator.main_process_first():  # the main process generates a missing dataset, the others wait
@@ -123,14 +139,13 @@ def evaluate_checkpoint(cli, explicit: set[str]) -> dict:
     at another copy of the dataset (its classes must match the checkpoint's). The report goes to the run folder
     that holds the checkpoint (``checkpoints/<run>/best`` -> ``checkpoints/<run>/eval.json``).
     """
+    from accelerate import PartialState
+
     import build_model
-    import train_code
-    import VLoader
     from videolab.core.checkpoints import read_run_config
-    from videolab.core.errors import UsageError
+    from videolab.core.runs import run_lock
     from videolab.core.runtime import check_tracker_installed
     from videolab.core.settings import merge_with_checkpoint, settings_from_dict
-    from videolab.evaluation.reports import reset_peak_memory
 
     folder = checkpoint_to_evaluate(cli)
     run_config = read_run_config(folder)
@@ -140,6 +155,19 @@ def evaluate_checkpoint(cli, explicit: set[str]) -> dict:
         setattr(cfg, key, getattr(cli, key))
     check_tracker_installed(cfg.report_to)
     run_dir = os.path.dirname(os.path.normpath(folder))
+    main_process = PartialState().is_main_process
+    with run_lock(run_dir) if main_process else contextlib.nullcontext():  # one writer at a time in a run folder
+        return evaluate_in_folder(cfg, run_config, folder, run_dir)
+
+
+def evaluate_in_folder(cfg, run_config: dict, folder: str, run_dir: str) -> dict:
+    """evaluate_checkpoint with the run folder's lock held."""
+    import build_model
+    import train_code
+    import VLoader
+    from videolab.core.errors import UsageError
+    from videolab.evaluation.reports import reset_peak_memory
+
     accelerator = train_code.make_run_accelerator(cfg, run_dir)
     memory_from_start = reset_peak_memory(accelerator.device)
     VLoader.ensure_dataset(cfg)

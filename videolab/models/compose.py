@@ -407,6 +407,58 @@ def composition(cfg: Settings) -> dict:
     return spec
 
 
+def _other_value(value: Any, default: Any) -> Any:
+    """A value of the same type that differs from ``value`` (to see whether a setting changes anything)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    return default if value != default else None
+
+
+def check_flags_against_section(cfg: Settings, explicit) -> None:
+    """A model flag typed beside a ``model:`` section that sets the same argument would be ignored while the run
+    records it: refused, naming the flag and the section's value. (A flag that the section leaves to it applies.)
+    Found by trying: the flag changes nothing in the section's composition, but it would change a section that
+    names the same parts without their arguments."""
+    section = read_model_section(cfg)
+    if not isinstance(section, dict) or not isinstance(section.get("encoders"), dict):
+        return
+    spec = normalise(section, cfg)
+    bare = dict(encoders={m: (e.get("name", DEFAULT_ENCODER.get(m)) if isinstance(e, dict) else e)
+                          for m, e in section["encoders"].items()})
+    for key in sorted(explicit):
+        if key not in FIELDS or FIELDS[key].metadata["group"] != MODEL or key in ("model_config", "modalities"):
+            continue
+        other = _other_value(getattr(cfg, key), FIELDS[key].default)
+        if other is None:
+            continue
+        try:
+            changed = dataclasses.replace(cfg, **{key: other})
+            ignored = normalise(section, changed) == spec and normalise(bare, changed) != normalise(bare, cfg)
+        except UsageError:  # the other value is not valid for this composition: nothing learnt
+            continue
+        if ignored:
+            raise UsageError(f"--{key} {getattr(cfg, key)} conflicts with the model section, which sets that "
+                             f"argument itself ({_section_value(spec, normalise(bare, cfg), normalise(bare, changed))}"
+                             f"); drop the flag or change the section")
+
+
+def _section_value(spec: dict, bare: dict, changed: dict) -> str:
+    """'fusion depth: 4' for the first argument the flag would change in a bare section."""
+    for part in ("encoders", "fusion", "head"):
+        a, b = bare.get(part, {}), changed.get(part, {})
+        items = a.items() if part != "encoders" else ((m, e) for m, e in a.items())
+        for name, value in items:
+            if part == "encoders":
+                for arg, v in value.items():
+                    if b[name].get(arg) != v:
+                        return f"{name} encoder {arg}: {spec['encoders'][name].get(arg)!r}"
+            elif b.get(name) != value:
+                return f"{part} {name}: {spec[part].get(name)!r}"
+    return "same argument"
+
+
 # flag -> the modality whose registry encoder it acts on
 ENCODER_FLAGS = {"use_lora_vision": "video", "freeze_visionbackbone": "video", "use_lora_llm": "text",
                  "freeze_language_model": "text", "language_model": "text", "text_input": "text"}
