@@ -44,8 +44,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     folder = pick_checkpoint(cli.checkpoint, cli.output_dir, wanted,
                              build_model.kind_name(build_model.resolve_settings(cli)), build_model.checkpoint_kind)
     run_config = read_run_config(folder)
-    cfg = build_model.resolve_settings(merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli,
-                                                             explicit, folder))
+    saved = settings_from_dict(run_config["settings"], os.path.join(folder, "run_config.json"))
+    cfg = build_model.resolve_settings(merge_with_checkpoint(saved, cli, explicit, folder))
     task = build_model.task_of(cfg)
     build_model.check_views(cfg, task)
     class_names = run_config["class_names"]

@@ -150,7 +150,8 @@ def evaluate_checkpoint(cli, explicit: set[str]) -> dict:
     folder = checkpoint_to_evaluate(cli)
     run_config = read_run_config(folder)
     moved = {"data_root", "split_dir"} & explicit  # where the data is may change; what it is may not
-    cfg = merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli, explicit - moved, folder)
+    saved = settings_from_dict(run_config["settings"], os.path.join(folder, "run_config.json"))
+    cfg = merge_with_checkpoint(saved, cli, explicit - moved, folder)
     for key in moved | set(build_model.EXPORT_SETTINGS):  # exporting (and uploading) is this command's choice
         setattr(cfg, key, getattr(cli, key))
     check_tracker_installed(cfg.report_to)

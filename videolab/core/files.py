@@ -114,8 +114,24 @@ def new_temp_folder(folder: str) -> str:
     return tmp
 
 
+def ordinary_permissions(folder: str) -> None:
+    """Every file and folder under ``folder`` gets the mode of an ordinary new one (libraries such as safetensors
+    create their files owner-only)."""
+    file_mode, folder_mode = default_mode(), default_mode(folder=True)
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, file_mode)
+        for name in dirs:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), folder_mode)
+
+
 def commit_folder(tmp: str, folder: str) -> str:
-    """fsync ``tmp`` and rename it to ``folder``; an existing ``folder`` is replaced (moved aside, then removed)."""
+    """fsync ``tmp`` and rename it to ``folder``; an existing ``folder`` is replaced (moved aside, then removed).
+    Its files get ordinary permissions (``ordinary_permissions``)."""
+    ordinary_permissions(tmp)
     fsync_tree(tmp)
     old = None
     if os.path.lexists(folder):

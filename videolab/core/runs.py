@@ -99,6 +99,8 @@ def own_run_folder(run_dir: str, resume_from: Optional[str], overwrite: bool, ma
     if not main_process:
         yield
         return
+    if os.path.lexists(run_dir) and not os.path.isdir(run_dir):
+        raise UsageError(f"run folder {run_dir} exists and is not a folder; remove it or pick another --run_name")
     with run_lock(run_dir):
         claim_run_folder(run_dir, resume_from, overwrite)
         yield

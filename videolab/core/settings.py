@@ -225,8 +225,9 @@ class Settings:
                                        "(a model: section in the settings YAML does the same; see README)",
                                        group=MODEL)
     allowed_target_prefixes: str = _opt("compose,audio,fusion", "module prefixes a model section's _target_ may "
-                                        "name (comma-separated); anything else is refused. Command line only: a YAML file, checkpoint or export "
-                                        "never sets it", group=RUNTIME, command_line_only=True)
+                                        "name (comma-separated); anything else is refused. Command line only: a "
+                                        "YAML file, checkpoint or export never sets it", group=RUNTIME,
+                                        command_line_only=True)
     fusion_bottleneck_tokens: int = _opt(4, "bottleneck fusion: shared tokens between the modalities", minimum=1,
                                          group=MODEL)
     fusion_bottleneck_layer: int = _opt(0, "bottleneck fusion: first layer that writes to the bottleneck (earlier "
@@ -293,7 +294,8 @@ TOPIC_FIELDS = {
     "inference": ("video_dir", "checkpoint", "top_k", "text_input", "num_beams", "max_new_tokens",
                   "no_repeat_ngram_size", "repetition_penalty", "test_clips", "test_crops", "eval_only", "device",
                   "batch_size", "num_workers"),
-    "output": ("output_dir", "run_name", "overwrite", "predictions_file", "summary_csv", "report_to", "export_dir", "merge_lora",
+    "output": ("output_dir", "run_name", "overwrite", "predictions_file", "summary_csv", "report_to", "export_dir",
+               "merge_lora",
                "speed_repeats", "save_steps", "save_total_limit", "quiet"),
 }
 _TOPIC_OF_GROUP = {MODEL: "model", DATA: "data", TRAIN: "training", RUNTIME: "training"}
@@ -457,4 +459,8 @@ def merge_with_checkpoint(saved: Settings, cli: Settings, explicit: set[str], fo
             merged[key] = value
         else:
             print(f"note: --{key} is a training flag and has no effect on a trained checkpoint", file=sys.stderr)
-    return settings_from_dict(merged, folder)
+    cfg = settings_from_dict(merged, folder)
+    for key, f in FIELDS.items():  # the command line's (or the default), never the checkpoint's
+        if f.metadata["command_line_only"]:
+            setattr(cfg, key, getattr(cli, key))
+    return cfg

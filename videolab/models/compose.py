@@ -19,8 +19,9 @@ Components are looked up in the registries below (``ENCODERS``, ``FUSIONS``, ``H
 names. Instead of ``name``, a component may give ``_target_: module.Class`` with its keyword arguments; the path
 must lie under one of ``--allowed_target_prefixes`` (default ``compose,audio,fusion``: this repo's modules) and name
 an ``nn.Module`` class, so a model file can never make the loader call ``os.system`` or anything else. YAML is
-only read with a safe, size- and alias-limited YAML loader (``videolab.core.inputs``). The allowlist is a run-time setting of whoever loads a model: neither a model
-file nor a checkpoint can widen it.
+only read with a safe, size- and alias-limited YAML loader (``videolab.core.inputs``), and a module file inside a
+checkpoint or data folder of the command is never imported. The allowlist is a run-time setting of whoever loads a
+model: neither a model file nor a checkpoint can widen it.
 
 The composed model (:class:`MultimodalClassifier`) is a transformers ``PreTrainedModel`` whose
 ``MultimodalConfig`` carries the composition, the video backbone's architecture and the data settings, so
@@ -425,10 +426,15 @@ def check_flags_against_section(cfg: Settings, explicit) -> None:
     if not isinstance(section, dict) or not isinstance(section.get("encoders"), dict):
         return
     spec = normalise(section, cfg)
-    bare = dict(encoders={m: (e.get("name", DEFAULT_ENCODER.get(m)) if isinstance(e, dict) else e)
-                          for m, e in section["encoders"].items()})
+    bare = dict(encoders={m: _bare(e, DEFAULT_ENCODER.get(m)) for m, e in section["encoders"].items()},
+                **{part: _bare(section[part], None) for part in ("fusion", "head") if part in section})
+    if "fusion" in explicit and "fusion" in section and spec["fusion"].get("name") != cfg.fusion:
+        raise UsageError(f"--fusion {cfg.fusion} conflicts with the model section, which sets fusion: "
+                         f"{spec['fusion'].get('name', spec['fusion'].get('_target_'))}; drop the flag or change the "
+                         f"section")
     for key in sorted(explicit):
-        if key not in FIELDS or FIELDS[key].metadata["group"] != MODEL or key in ("model_config", "modalities"):
+        if key not in FIELDS or FIELDS[key].metadata["group"] != MODEL or key in ("model_config", "modalities",
+                                                                                   "fusion"):
             continue
         other = _other_value(getattr(cfg, key), FIELDS[key].default)
         if other is None:
@@ -442,6 +448,14 @@ def check_flags_against_section(cfg: Settings, explicit) -> None:
             raise UsageError(f"--{key} {getattr(cfg, key)} conflicts with the model section, which sets that "
                              f"argument itself ({_section_value(spec, normalise(bare, cfg), normalise(bare, changed))}"
                              f"); drop the flag or change the section")
+
+
+def _bare(entry: Any, default: Optional[str]) -> Any:
+    """A component without its arguments: its name (a registry part takes the flags' values then); a _target_
+    component keeps only its path (flags never reach it)."""
+    if not isinstance(entry, dict):
+        return entry
+    return {"_target_": entry["_target_"]} if "_target_" in entry else entry.get("name", default)
 
 
 def _section_value(spec: dict, bare: dict, changed: dict) -> str:
