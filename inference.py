@@ -39,7 +39,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if not cli.video_dir:
         raise UsageError("--video_dir is required: a video file, a folder of videos, a folder of frames, or a folder "
                          "of frame folders (python create_dummy.py writes ./frames_see/)")
-    check_inference_outputs(cli)  # before any model is loaded: an existing or unwritable predictions file
     wanted = {k: getattr(cli, k) for k in explicit if FIELDS[k].metadata["group"] == MODEL}
     folder = pick_checkpoint(cli.checkpoint, cli.output_dir, wanted,
                              build_model.kind_name(build_model.resolve_settings(cli)), build_model.checkpoint_kind)
@@ -61,6 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         what = "--use_text True" if cfg.use_text else "a text encoder"
         raise UsageError(f"this model reads text (trained with {what}) and {missing} video(s) have none: "
                          f"pass --text_input \"...\" or put texts.json ({{video_name: text}}) beside the videos")
+    check_inference_outputs(cfg)  # before the videos are run: an existing or unwritable predictions file
     views = view_protocol(cfg.test_clips, cfg.test_crops, cfg.sampling, cfg.num_frames, cfg.frame_stride)
     language = f", language model: {info['language_model']}" if info.get("language_model") else ""
     what = f"{len(class_names)} classes" if class_names else task.name

@@ -38,10 +38,8 @@ def train_and_evaluate(cfg, chosen: Optional[dict] = None) -> dict:
     ``chosen``: the settings the user set and where ({name: "flag" | "settings file F"}); a precision or
     accumulation not among them comes from ``accelerate launch`` when it was given one (runtime.accelerate_values).
     """
-    from accelerate import PartialState
-
     import build_model
-    from videolab.core.runs import own_run_folder, resume_folder, run_folder
+    from videolab.core.runs import launch_rank, own_run_folder, resume_folder, run_folder
     from videolab.core.runtime import accelerate_values, check_tracker_installed
 
     check_tracker_installed(cfg.report_to)
@@ -53,7 +51,7 @@ def train_and_evaluate(cfg, chosen: Optional[dict] = None) -> dict:
         if cfg.resume_from_checkpoint else None
     run_dir = run_folder(cfg.output_dir, cfg.run_name, resume_from, task.run_name(cfg))
     # one process at a time per run folder, and an existing run only when resumed or --overwrite
-    with own_run_folder(run_dir, resume_from, cfg.overwrite, main_process=PartialState().is_main_process):
+    with own_run_folder(run_dir, resume_from, cfg.overwrite, main_process=launch_rank() == 0):
         return train_in_folder(cfg, sources, resume_from, run_dir)
 
 
@@ -139,11 +137,9 @@ def evaluate_checkpoint(cli, explicit: set[str]) -> dict:
     at another copy of the dataset (its classes must match the checkpoint's). The report goes to the run folder
     that holds the checkpoint (``checkpoints/<run>/best`` -> ``checkpoints/<run>/eval.json``).
     """
-    from accelerate import PartialState
-
     import build_model
     from videolab.core.checkpoints import read_run_config
-    from videolab.core.runs import run_lock
+    from videolab.core.runs import launch_rank, run_lock
     from videolab.core.runtime import check_tracker_installed
     from videolab.core.settings import merge_with_checkpoint, settings_from_dict
 
@@ -156,8 +152,7 @@ def evaluate_checkpoint(cli, explicit: set[str]) -> dict:
         setattr(cfg, key, getattr(cli, key))
     check_tracker_installed(cfg.report_to)
     run_dir = os.path.dirname(os.path.normpath(folder))
-    main_process = PartialState().is_main_process
-    with run_lock(run_dir) if main_process else contextlib.nullcontext():  # one writer at a time in a run folder
+    with run_lock(run_dir) if launch_rank() == 0 else contextlib.nullcontext():  # one writer at a time in a run folder
         return evaluate_in_folder(cfg, run_config, folder, run_dir)
 
 

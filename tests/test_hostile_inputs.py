@@ -469,7 +469,7 @@ def test_predictions_file_is_not_overwritten_silently(trained, frames, tmp_path,
 
 
 @pytest.mark.parametrize("case", ["folder", "parent is a file", "read-only file", "read-only folder"])
-def test_unwritable_predictions_file_is_refused_before_loading(case, trained, frames, tmp_path, capsys):
+def test_unwritable_predictions_file_is_refused_before_running(case, trained, frames, tmp_path, capsys):
     target = tmp_path / "p.json"
     if case == "folder":
         os.makedirs(target)

@@ -92,6 +92,12 @@ def run_lock(run_dir: str) -> Iterator[None]:
         os.close(fd)
 
 
+def launch_rank() -> int:
+    """This process's global rank under torchrun / accelerate launch (RANK), 0 when run alone: the process that
+    holds a run folder's lock. Read from the environment, before the Accelerator exists."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 @contextlib.contextmanager
 def own_run_folder(run_dir: str, resume_from: Optional[str], overwrite: bool, main_process: bool = True
                    ) -> Iterator[None]:
