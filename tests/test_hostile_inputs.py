@@ -262,6 +262,15 @@ def test_flags_a_model_section_overrides_are_refused(flag, value, names, in_tmp,
     expect(train_main, ["--config", path, *AV, flag, value, "--output_dir", in_tmp / "out"], capsys, 2, *names)
 
 
+@pytest.mark.parametrize("inline,names", [
+    ('{"encoders": ', ["model section", "not valid JSON"]),
+    ('{"encoders": 5}', ["encoders"]),
+    ('{"encoders": {"audio": "conv_transformer"}, "fusion": {"name": "concat", "dim": "wide"}}', ["fusion", "'dim'"]),
+])
+def test_inline_json_model_config(inline, names, in_tmp, capsys):
+    expect(train_main, ["--model_config", inline, *AV, "--output_dir", in_tmp / "out"], capsys, 2, *names)
+
+
 def test_model_config_alias_bomb_is_refused_fast(in_tmp, capsys):
     path = write(in_tmp / "m.yaml", BILLION_LAUGHS.replace("lr: *i", "model: {encoders: {audio: *i}}"))
     start = time.time()
@@ -524,7 +533,8 @@ def test_run_outputs_get_ordinary_permissions(trained):
 def make_captioner_run(trained, out, name="captioner"):
     shutil.copytree(trained["run"], out / name, symlinks=True)
     edit_run_config(out / name / "best", lambda c: c["settings"].update(use_vlm=True, captioning=True,
-                                                                        language_model="gpt2"))
+                                                                        language_model="gpt2",
+                                                                        vision_model="timesformer"))
     os.utime(out / name / "best" / WEIGHTS_FILE)  # the newest run
 
 
@@ -551,7 +561,9 @@ def test_no_run_of_the_wanted_kind_is_an_error_naming_what_there_is(trained, fra
     make_captioner_run(trained, tmp_path / "out")
     pick = ["--video_dir", frames, "--output_dir", tmp_path / "out", "--predictions_file", tmp_path / "p.json"]
     expect(inference, pick, capsys, 2, "classifier", "captioner")
-    expect(inference, [*pick, "--vision_model", "timesformer"], capsys, 2, "--vision_model timesformer")
+    # the case: the newest TimeSformer run is a GPT-2 captioner; classifier flags never get it
+    expect(inference, [*pick, "--vision_model", "timesformer"], capsys, 2, "--vision_model timesformer",
+           "captioner (captioner)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
