@@ -53,8 +53,6 @@ def run_contents(run_dir: str) -> list[str]:
 def claim_run_folder(run_dir: str, resume_from: Optional[str], overwrite: bool) -> None:
     """A run folder that holds a run is only written by a run that continues it (``resume_from`` inside it) or
     with --overwrite (then its files are deleted first). Call with the folder's lock held."""
-    if os.path.lexists(run_dir) and not os.path.isdir(run_dir):
-        raise UsageError(f"run folder {run_dir} exists and is not a folder; remove it or pick another --run_name")
     found = run_contents(run_dir)
     if not found or (resume_from and inside(resume_from, run_dir)):
         return
