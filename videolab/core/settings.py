@@ -348,7 +348,12 @@ def coerce(name: str, value: Any) -> Any:
         if kind == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            if isinstance(value, str) and "e" in value.lower():  # 1e5; never 2.5e0 cut to 2
+                number = float(value)
+                if not number.is_integer():
+                    raise ValueError
+                return int(number)
+            return int(value)
         if kind == "float":
             if isinstance(value, bool):
                 raise ValueError
