@@ -32,11 +32,11 @@ from typing import Any, Callable, Optional, Sequence
 
 from torch import nn
 
-from videolab.core.checkpoints import TOKENIZER_DIR, load_weights
-from videolab.core.errors import UsageError
+from videolab.core.checkpoints import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, load_weights
+from videolab.core.errors import CheckpointError, UsageError
 from videolab.core.hub import loud_note, quiet_note
 from videolab.core.registry import Registry
-from videolab.core.settings import Settings
+from videolab.core.settings import Settings, settings_from_dict
 from videolab.data.registry import DATASETS
 from videolab.export import huggingface as hf_export
 from videolab.export.onnx import missing_packages as onnx_missing_packages
@@ -352,6 +352,12 @@ def kind_name(cfg) -> str:
     return own or flag_kind(cfg)
 
 
+def checkpoint_kind(saved_settings: dict) -> str:
+    """The model kind a checkpoint's saved settings build (inference.py picks runs of the kind its flags describe).
+    """
+    return kind_name(resolve_settings(settings_from_dict(saved_settings)))
+
+
 def task_of(cfg):
     """The task object (``videolab.tasks.base.Task``) the settings run."""
     return TASKS.get(task_name(cfg))()
@@ -388,6 +394,8 @@ def check_settings(cfg: Settings, explicit: Sequence[str] = ()) -> None:
     check_export_settings(cfg, kind)
     check_part_flags(cfg, explicit, task, kind)
     meta["check"](cfg)
+    if kind == "composed" and cfg.model_config:
+        compose.check_flags_against_section(cfg, explicit)  # a flag the section overrides: refused, not ignored
     check_views(cfg, task)
     check_data_fits(cfg, (*TASKS.meta(task.name).get("needs", ()), *meta["needs"](cfg)))
     if "fusion" in explicit and backbone_kind(cfg.vision_model) == "video" and kind == "classifier":
@@ -484,11 +492,38 @@ def rebuild_from_checkpoint(cfg: Settings, run_config: dict, folder: str) -> Bui
     """The model a checkpoint folder holds: its saved architecture (no Hub, no download) with its weights loaded.
     ``run_config`` is the folder's run_config.json (``videolab.core.checkpoints.read_run_config``)."""
     info = run_config["model_info"]
-    built = build_model(cfg, len(run_config["class_names"]), arch=info["arch"], verbose=False,
-                        language_arch=info.get("language_arch"), checkpoint_folder=folder)
-    built.model.load_state_dict(load_weights(folder))
+    config_file = os.path.join(folder, CONFIG_FILE)
+    if "arch" not in info:
+        raise CheckpointError(f"{config_file}: model_info has no 'arch' (the architecture to rebuild); the file is "
+                              f"damaged or from another program: use another checkpoint of the run")
+    try:
+        built = build_model(cfg, len(run_config["class_names"]), arch=info["arch"], verbose=False,
+                            language_arch=info.get("language_arch"), checkpoint_folder=folder)
+    except (KeyError, TypeError) as exc:  # an arch that parses but is not one this code wrote
+        raise CheckpointError(f"{config_file}: its model_info.arch does not describe a model this version builds "
+                              f"({type(exc).__name__}: {str(exc)[:100]}); use another checkpoint or retrain") from None
+    load_checkpoint_weights(built.model, folder, len(run_config["class_names"]))
     built.info = dict(info)  # what the run recorded (where the weights first came from, pretrained or not)
     return built
+
+
+def load_checkpoint_weights(model, folder: str, num_classes: int) -> None:
+    """The checkpoint's weights into the model its run_config rebuilt: every tensor present, of the right shape
+    (the class count included) and finite; else one CheckpointError naming the file and the first problem."""
+    weights_file = os.path.join(folder, WEIGHTS_FILE)
+    weights = load_weights(folder)
+    bad = [name for name, value in weights.items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    if bad:
+        raise CheckpointError(f"{weights_file}: {len(bad)} tensor(s) hold NaN/inf (first: {bad[0]}); its "
+                              f"predictions would be NaN: use another checkpoint of the run")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:  # missing / unexpected tensors, shape mismatches (another class count)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else "does not fit"
+        raise CheckpointError(f"{weights_file} does not fit the model its run_config.json describes "
+                              f"({num_classes} classes): {detail[:160]}; use the run_config.json written with it "
+                              f"or another checkpoint") from None
 
 
 def export_model(cfg: Settings, built: BuiltModel, class_names: list, report: Optional[dict] = None) -> None:
