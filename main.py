@@ -41,10 +41,9 @@ def train_and_evaluate(cfg, chosen: Optional[dict] = None) -> dict:
     import build_model
     import train_code
     import VLoader
-    from videolab.core.checkpoints import load_weights, read_run_config
     from videolab.core.files import write_text
     from videolab.core.runs import resume_folder, run_folder
-    from videolab.core.runtime import accelerate_values, check_tracker_installed, is_sharded, progress_enabled
+    from videolab.core.runtime import accelerate_values, check_tracker_installed, progress_enabled
     from videolab.evaluation.reports import reset_peak_memory
 
     check_tracker_installed(cfg.report_to)
@@ -75,23 +74,11 @@ def train_and_evaluate(cfg, chosen: Optional[dict] = None) -> dict:
     train_code.start_trackers(accelerator, cfg, os.path.basename(run_dir), run_dir)
     run_config = dict(settings=cfg.to_dict(), settings_sources=sources, model_info=built.info, class_names=class_names,
                       dataset=dict(name=cfg.dataset, root=cfg.data_root), torch_version=torch.__version__)
-    launched = {k: v for k, v in sources.items() if v.startswith("accelerate")}
-    accelerator.print(f"run folder: {run_dir} | {task.name} | train {len(data.train)} / val "
-                      f"{len(data.val) if data.val else 0} / test {len(data.test)} clips | device "
-                      f"{accelerator.device} | precision {cfg.mixed_precision}"
-                      + (f" | accumulation {cfg.gradient_accumulation_steps}" if cfg.gradient_accumulation_steps > 1
-                         else "")
-                      + (f" | {accelerator.num_processes} processes" if accelerator.num_processes > 1 else "")
-                      + (f" | {accelerator.distributed_type.value}" if is_sharded(accelerator) else "")
-                      + (f" | from accelerate launch: {', '.join(launched)}" if launched else ""))
+    accelerator.print(run_banner(cfg, task, data, run_dir, accelerator, sources))
     result = train_code.train(cfg, built, data, run_dir, run_config, accelerator, resume_from)
     train_seconds = result.train_seconds  # every session of the run: a resumed run counts the earlier ones too
 
-    best_config = read_run_config(result.best_dir)
-    if is_sharded(accelerator):  # FSDP: test and export an unsharded copy of the best weights on every process
-        built = build_model.rebuild_from_checkpoint(cfg, best_config, result.best_dir)
-    else:
-        built.model.load_state_dict(load_weights(result.best_dir))  # test with the best checkpoint's weights
+    built, best_config = load_best(cfg, built, result.best_dir, accelerator)  # test the best checkpoint
     run = dict(mode="train", checkpoint=result.best_dir, checkpoint_epoch=best_config["epoch"],
                train_seconds=train_seconds, train_time_breakdown=result.time_breakdown, settings_sources=sources,
                history=result.history,
@@ -103,6 +90,39 @@ def train_and_evaluate(cfg, chosen: Optional[dict] = None) -> dict:
         print(f"done in {train_seconds:.0f}s | best checkpoint: {result.best_dir} | last: {result.last_dir} | "
               f"metrics: {os.path.join(run_dir, 'metrics.jsonl')}")
     return report
+
+
+def run_banner(cfg, task, data, run_dir: str, accelerator, sources: dict) -> str:
+    """One line: where the run goes, what it trains on, and how it runs (what ``accelerate launch`` set included)."""
+    from videolab.core.runtime import is_sharded
+
+    launched = [k for k, v in sources.items() if v.startswith("accelerate")]
+    parts = [f"run folder: {run_dir}", task.name,
+             f"train {len(data.train)} / val {len(data.val) if data.val else 0} / test {len(data.test)} clips",
+             f"device {accelerator.device}", f"precision {cfg.mixed_precision}"]
+    if cfg.gradient_accumulation_steps > 1:
+        parts.append(f"accumulation {cfg.gradient_accumulation_steps}")
+    if accelerator.num_processes > 1:
+        parts.append(f"{accelerator.num_processes} processes")
+    if is_sharded(accelerator):
+        parts.append(accelerator.distributed_type.value)
+    if launched:
+        parts.append(f"from accelerate launch: {', '.join(launched)}")
+    return " | ".join(parts)
+
+
+def load_best(cfg, built, best_dir: str, accelerator) -> tuple:
+    """The model with the best checkpoint's weights (FSDP: an unsharded copy, rebuilt on every process) and that
+    checkpoint's run_config."""
+    import build_model
+    from videolab.core.checkpoints import load_weights, read_run_config
+    from videolab.core.runtime import is_sharded
+
+    best_config = read_run_config(best_dir)
+    if is_sharded(accelerator):
+        return build_model.rebuild_from_checkpoint(cfg, best_config, best_dir), best_config
+    built.model.load_state_dict(load_weights(best_dir))
+    return built, best_config
 
 
 def carry_best(resume_from: str, run_dir: str) -> None:
