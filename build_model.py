@@ -32,18 +32,19 @@ from typing import Any, Callable, Optional, Sequence
 
 from torch import nn
 
-from videolab.core.checkpoints import TOKENIZER_DIR, load_weights
-from videolab.core.errors import UsageError
+from videolab.core.checkpoints import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, load_weights
+from videolab.core.errors import CheckpointError, UsageError
 from videolab.core.hub import loud_note, quiet_note
 from videolab.core.registry import Registry
-from videolab.core.settings import Settings
+from videolab.core.settings import Settings, settings_from_dict
 from videolab.data.registry import DATASETS
 from videolab.data.transforms import parse_rand_augment
 from videolab.export import huggingface as hf_export
 from videolab.export.onnx import missing_packages as onnx_missing_packages
 from videolab.export.push import check_push, push_folder
 from videolab.models import compose
-from videolab.models.adapt import adapt_backbone, adapt_language_model, count_parameters, lora_targets
+from videolab.models.adapt import (adapt_backbone, adapt_language_model, checkpoint_activations, count_parameters,
+                                   lora_targets)
 from videolab.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, backbone_shape, preset_note
 from videolab.models.captioner import VideoCaptioner
 from videolab.models.classifier import VideoClassifier
@@ -239,6 +240,7 @@ def build_composed(cfg, num_classes, arch, language_arch, checkpoint_folder, tex
 def build_pretrainer(cfg, num_classes, arch, language_arch, checkpoint_folder, texts, verbose) -> BuiltModel:
     """The backbone wrapped for self-supervised pretraining (models/pretrainer.py)."""
     model, backbone = build_video_pretrainer(cfg, print if verbose else quiet_note, arch)
+    checkpoint_activations(cfg, model, "the pretraining model")
     total, trainable = count_parameters(model)
     info = dict(task="pretrain", objective=cfg.pretrain_objective, vision_model=cfg.vision_model,
                 model_size=cfg.model_size, backbone_kind=backbone.kind, fusion="none", pretrained=backbone.pretrained,
@@ -328,7 +330,7 @@ MODEL_KINDS.add("composed", build_composed, task="classification", check=check_c
                 selects=lambda cfg: bool(cfg.modalities or cfg.model_config), needs=lambda cfg: (),
                 export=lambda *args: export_composed(*args))
 MODEL_KINDS.add("qwen2_vl", build_qwen_vl, task="captioning", selects=uses_qwen_vl, check=check_language_model,
-                needs=needs_hints, texts="captions", flags=("train_vision_tower", "gradient_checkpointing"),
+                needs=needs_hints, texts="captions", flags=("train_vision_tower",),
                 label="Qwen2-VL", selected_by="--use_vlm True --captioning True --language_model qwen2-vl",
                 export=lambda *args: export_qwen_vl(*args))
 MODEL_KINDS.add("captioner", build_captioner, task="captioning", check=check_language_model, texts="captions",
@@ -360,6 +362,12 @@ def kind_name(cfg) -> str:
     """The model kind the settings build: the task's own kind (pretraining), else the one the flags describe."""
     own = TASKS.meta(task_name(cfg)).get("kind")
     return own or flag_kind(cfg)
+
+
+def checkpoint_kind(saved_settings: dict) -> str:
+    """The model kind a checkpoint's saved settings build (inference.py picks runs of the kind its flags describe).
+    """
+    return kind_name(resolve_settings(settings_from_dict(saved_settings)))
 
 
 def task_of(cfg):
@@ -399,6 +407,8 @@ def check_settings(cfg: Settings, explicit: Sequence[str] = ()) -> None:
     check_export_settings(cfg, kind)
     check_part_flags(cfg, explicit, task, kind)
     meta["check"](cfg)
+    if kind == "composed" and cfg.model_config:
+        compose.check_flags_against_section(cfg, explicit)  # a flag the section overrides: refused, not ignored
     check_views(cfg, task)
     check_data_fits(cfg, (*TASKS.meta(task.name).get("needs", ()), *meta["needs"](cfg)))
     if "fusion" in explicit and backbone_kind(cfg.vision_model) == "video" and kind == "classifier":
@@ -513,11 +523,38 @@ def rebuild_from_checkpoint(cfg: Settings, run_config: dict, folder: str) -> Bui
     """The model a checkpoint folder holds: its saved architecture (no Hub, no download) with its weights loaded.
     ``run_config`` is the folder's run_config.json (``videolab.core.checkpoints.read_run_config``)."""
     info = run_config["model_info"]
-    built = build_model(cfg, len(run_config["class_names"]), arch=info["arch"], verbose=False,
-                        language_arch=info.get("language_arch"), checkpoint_folder=folder)
-    built.model.load_state_dict(load_weights(folder))
+    config_file = os.path.join(folder, CONFIG_FILE)
+    if "arch" not in info:
+        raise CheckpointError(f"{config_file}: model_info has no 'arch' (the architecture to rebuild); the file is "
+                              f"damaged or from another program: use another checkpoint of the run")
+    try:
+        built = build_model(cfg, len(run_config["class_names"]), arch=info["arch"], verbose=False,
+                            language_arch=info.get("language_arch"), checkpoint_folder=folder)
+    except (KeyError, TypeError) as exc:  # an arch that parses but is not one this code wrote
+        raise CheckpointError(f"{config_file}: its model_info.arch does not describe a model this version builds "
+                              f"({type(exc).__name__}: {str(exc)[:100]}); use another checkpoint or retrain") from None
+    load_checkpoint_weights(built.model, folder, len(run_config["class_names"]))
     built.info = dict(info)  # what the run recorded (where the weights first came from, pretrained or not)
     return built
+
+
+def load_checkpoint_weights(model, folder: str, num_classes: int) -> None:
+    """The checkpoint's weights into the model its run_config rebuilt: every tensor present, of the right shape
+    (the class count included) and finite; else one CheckpointError naming the file and the first problem."""
+    weights_file = os.path.join(folder, WEIGHTS_FILE)
+    weights = load_weights(folder)
+    bad = [name for name, value in weights.items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    if bad:
+        raise CheckpointError(f"{weights_file}: {len(bad)} tensor(s) hold NaN/inf (first: {bad[0]}); its "
+                              f"predictions would be NaN: use another checkpoint of the run")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:  # missing / unexpected tensors, shape mismatches (another class count)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else "does not fit"
+        raise CheckpointError(f"{weights_file} does not fit the model its run_config.json describes "
+                              f"({num_classes} classes): {detail[:160]}; use the run_config.json written with it "
+                              f"or another checkpoint") from None
 
 
 def export_model(cfg: Settings, built: BuiltModel, class_names: list, report: Optional[dict] = None) -> None:

@@ -12,11 +12,14 @@ errors of ``videolab.core.errors`` into one line on stderr and their exit code.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
 from videolab.core.errors import IncompleteResult, RunError, UsageError
+from videolab.core.hub import check_weights_path
+from videolab.core.inputs import set_data_folders
 from videolab.core.registry import Choices, Registry, nearest
 from videolab.core.settings import (DEFAULT_CONFIG_FILE, FIELDS, TOPIC_FIELDS, TOPICS, Settings, apply_overrides,
                                     check_values, coerce, field_type, load_yaml, topic_of)
@@ -163,7 +166,17 @@ def resolve(argv: Optional[Sequence[str]], prog: str, description: str,
     cfg = Settings(**values)
     check_values(cfg)
     check_names(cfg)
+    check_weights_path("pretrained", cfg.pretrained)
+    check_weights_path("language_model", cfg.language_model)
+    set_data_folders(data_folders(cfg))
     return cfg, set(cli_values) | overridden, ns
+
+
+def data_folders(cfg: Settings) -> list[str]:
+    """The folders this command reads or writes as data, never as code (``videolab.core.inputs.check_not_data``):
+    runs, checkpoints, datasets, inputs, caches, exports."""
+    return [cfg.output_dir, cfg.data_root, cfg.checkpoint, cfg.video_dir, cfg.cache_dir, cfg.export_dir,
+            cfg.split_dir]
 
 
 def run_cli(main_fn: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> int:
@@ -185,4 +198,15 @@ def run_cli(main_fn: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Se
     except KeyboardInterrupt as exc:  # Ctrl-C, or train_code.TrainingInterrupted (SIGINT/SIGTERM after a save)
         print(f"{prog}: interrupted" + (f": {exc}" if str(exc) else ""), file=sys.stderr)
         return getattr(exc, "exit_code", 130)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:  # any other OSError is a bug or an unchecked input: keep the traceback
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"{prog}: stopped: the disk is full{where} ({os.strerror(exc.errno)}); every file written before "
+              f"is complete (writes are atomic). Free space or pass another --output_dir, then resume with "
+              f"--resume_from_checkpoint latest", file=sys.stderr)
+        return 1
     return 0
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # OSError numbers run_cli reports as one line (exit code 1)
