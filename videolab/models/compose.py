@@ -71,6 +71,7 @@ from videolab.core.inputs import check_not_data, parse_json, quote, read_yaml
 from videolab.core.hub import loud_note, quiet_note
 from videolab.core.registry import import_module, nearest
 from videolab.core.settings import DATA, FIELDS, MAX_INT, MODEL, Settings, check_value, settings_from_dict
+from videolab.core.settings import read_model_section as settings_read_model_section
 from videolab.models.adapt import adapt_backbone, adapt_language_model
 from videolab.models.audio_encoder import AudioEncoder, sinusoidal_positions
 from videolab.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
@@ -364,21 +365,9 @@ def normalise(section: Any, cfg: Settings) -> dict:
 
 
 def read_model_section(cfg: Settings) -> Optional[dict]:
-    """The ``model:`` section from --model_config (a YAML file, or the inline section a settings YAML carried as
-    JSON), or None. Read with the limits of ``videolab.core.inputs`` (size, aliases, encoding)."""
-    text = cfg.model_config
-    if not text:
-        return None
-    if text.lstrip().startswith("{"):
-        return parse_json(text, "the model section")
-    data = read_yaml(text, "--model_config", "pass a UTF-8 YAML file with a model: section", expect=None)
-    if isinstance(data, dict) and "model" in data:
-        extra = sorted(str(k) for k in set(data) - {"model"})
-        if extra:
-            raise UsageError(f"--model_config {text!r} may only hold a model: section, found {extra[:5]}; settings go "
-                             f"in --config")
-        data = data["model"]
-    return data
+    """The ``model:`` section from --model_config (a YAML file, or the inline section a settings YAML or a nested
+    override carried as JSON), or None (``videolab.core.settings.read_model_section``)."""
+    return settings_read_model_section(cfg.model_config)
 
 
 def parse_modalities(text: Optional[str]) -> list[str]:
