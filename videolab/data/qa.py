@@ -42,6 +42,7 @@ import torch
 
 from videolab.core.errors import UsageError
 from videolab.core.files import write_json
+from videolab.core.inputs import quote, read_text
 from videolab.data.clips import BadVideoLog, ClipDataset, DataBundle, DatasetSource, stratified_split
 from videolab.data.frames import _image_files, read_frames
 from videolab.data.sampling import ClipSpec
@@ -110,20 +111,22 @@ def parse_record(record, where: str) -> tuple[str, str, str]:
 
 def read_records(path: str) -> list[QARecord]:
     """A JSON list (or JSON Lines) of records -> QARecords with absolute video paths. Raises UsageError."""
-    with open(path, encoding="utf-8-sig") as fh:
-        text = fh.read()
+    text = read_text(path, "question-answer file", "pass a JSON list or JSON Lines of records (videolab/data/qa.py)")
     try:
         data = json.loads(text)
         data = data if isinstance(data, list) else [data]
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         try:
             data = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise UsageError(f"{path} is neither a JSON list nor JSON Lines ({exc}); see videolab/data/qa.py for the "
                              f"format") from None
     base = os.path.dirname(os.path.abspath(path))
     records = []
     for n, record in enumerate(data):
+        if not isinstance(record, dict):
+            raise UsageError(f"{path} record {n}: expected a JSON object, got {type(record).__name__} "
+                             f"{quote(record, 40)}; see videolab/data/qa.py for the format")
         try:
             video, question, answer = parse_record(record, f"{path} record {n}")
         except ValueError as exc:
