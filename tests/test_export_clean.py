@@ -95,7 +95,13 @@ for name, case in spec["cases"].items():
             classify = pipeline("video-classification", model=folder, trust_remote_code=True)
             out["pipeline"] = classify(spec["video"], top_k=3)
     results[name] = out
-results["loaded_modules"] = sorted(m for m in sys.modules if "videolab" in m)
+# setuptools' editable-install finder (``__editable___videolab_*_finder``, a map of names to paths) is loaded at start
+# by its .pth file wherever the repo is installed; it is pip's, and the hook above keeps it from finding anything
+results["loaded_modules"] = sorted(m for m in sys.modules if "videolab" in m and not m.startswith("__editable__"))
+def repo_file(module):  # a file of the repo's own (its ./.venv, where run.sh puts it, holds installed packages)
+    path = os.path.realpath(getattr(module, "__file__", None) or "/")
+    return path.startswith(spec["repo"]) and not path.startswith(os.path.realpath(sys.prefix) + os.sep)
+results["repo_files"] = sorted(m for m, module in list(sys.modules.items()) if repo_file(module))
 torch.save(results, spec["results"])
 '''
 
@@ -189,7 +195,7 @@ def exports(tmp_path_factory, request):
     add("qwen2_vl", "qwen2_vl", str(root / "qwen2_vl"), dict(x=frames01),
         texts=b.model.generate(frames01, max_new_tokens=cfg.max_new_tokens), scores=torch.stack(generated.scores))
 
-    spec = dict(cases=cases, video=video, results=str(root / "results.pt"))
+    spec = dict(cases=cases, video=video, results=str(root / "results.pt"), repo=os.path.realpath(ROOT) + os.sep)
     (root / "spec.json").write_text(json.dumps(spec))
     elsewhere = tmp_path_factory.mktemp("elsewhere")  # the working folder: outside the repo
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
@@ -209,6 +215,7 @@ def test_the_subprocess_could_not_import_the_repo(exports):
     assert not results["cwd"].startswith(ROOT)
     # what ran is the folders' own code (transformers' module cache), never the repo's
     assert results["loaded_modules"] and all(m.startswith("transformers_modules.") for m in results["loaded_modules"])
+    assert results["repo_files"] == []  # no module the child ran came from a file of the repo
 
 
 @pytest.mark.parametrize("name,cls", [
