@@ -42,7 +42,8 @@ from videolab.export import huggingface as hf_export
 from videolab.export.onnx import missing_packages as onnx_missing_packages
 from videolab.export.push import check_push, push_folder
 from videolab.models import compose
-from videolab.models.adapt import adapt_backbone, adapt_language_model, count_parameters, lora_targets
+from videolab.models.adapt import (adapt_backbone, adapt_language_model, checkpoint_activations, count_parameters,
+                                   lora_targets)
 from videolab.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from videolab.models.captioner import VideoCaptioner
 from videolab.models.classifier import VideoClassifier
@@ -229,6 +230,7 @@ def build_composed(cfg, num_classes, arch, language_arch, checkpoint_folder, tex
 def build_pretrainer(cfg, num_classes, arch, language_arch, checkpoint_folder, texts, verbose) -> BuiltModel:
     """The backbone wrapped for self-supervised pretraining (models/pretrainer.py)."""
     model, backbone = build_video_pretrainer(cfg, print if verbose else quiet_note, arch)
+    checkpoint_activations(cfg, model, "the pretraining model")
     total, trainable = count_parameters(model)
     info = dict(task="pretrain", objective=cfg.pretrain_objective, vision_model=cfg.vision_model,
                 model_size=cfg.model_size, backbone_kind=backbone.kind, fusion="none", pretrained=backbone.pretrained,
@@ -318,7 +320,7 @@ MODEL_KINDS.add("composed", build_composed, task="classification", check=check_c
                 selects=lambda cfg: bool(cfg.modalities or cfg.model_config), needs=lambda cfg: (),
                 export=lambda *args: export_composed(*args))
 MODEL_KINDS.add("qwen2_vl", build_qwen_vl, task="captioning", selects=uses_qwen_vl, check=check_language_model,
-                needs=needs_hints, texts="captions", flags=("train_vision_tower", "gradient_checkpointing"),
+                needs=needs_hints, texts="captions", flags=("train_vision_tower",),
                 label="Qwen2-VL", selected_by="--use_vlm True --captioning True --language_model qwen2-vl",
                 export=lambda *args: export_qwen_vl(*args))
 MODEL_KINDS.add("captioner", build_captioner, task="captioning", check=check_language_model, texts="captions",

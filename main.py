@@ -94,7 +94,8 @@ def train_in_folder(cfg, sources: dict, resume_from: Optional[str], run_dir: str
 
     built, best_config = load_best(cfg, built, result.best_dir, accelerator)  # test the best checkpoint
     run = dict(mode="train", checkpoint=result.best_dir, checkpoint_epoch=best_config["epoch"],
-               train_seconds=train_seconds, settings_sources=sources, history=result.history,
+               train_seconds=train_seconds, train_time_breakdown=result.time_breakdown, settings_sources=sources,
+               history=result.history,
                skipped_in_training=[v for d in (data.train, data.val) if d is not None for v in d.bad_videos()])
     report = train_code.test_and_report(cfg, built, data.test, class_names, run_dir, run, accelerator,
                                         memory_from_start, VLoader.reversal_pairs(cfg))

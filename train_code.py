@@ -30,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -147,6 +148,7 @@ class Progress:
     skipped: int = 0  # batches skipped for a non-finite loss (--nan_policy skip), whole run
     train_seconds: float = 0.0  # training wall time before this session (a resumed run adds to it)
     epoch_seconds: float = 0.0  # of the current epoch, before this session (a mid-epoch resume adds to it)
+    phases: dict = field(default_factory=dict)  # wall seconds by phase (PHASES), whole run, resumed sessions included
     # this session's clocks (not saved): when it started, when the current epoch's part of it started
     session_start: float = field(default_factory=time.time, repr=False)
     epoch_start: float = field(default_factory=time.time, repr=False)
@@ -175,6 +177,7 @@ class Progress:
         return dict(format=STATE_FORMAT, epoch=self.epoch, batch=self.batch, step=self.step,
                     best_score=self.best_score, history=self.history, epoch_sums=all_sums.cpu(),
                     skipped=self.skipped, train_seconds=self.elapsed(), epoch_seconds=self.epoch_elapsed(),
+                    phases=dict(self.phases),
                     num_processes=num_processes, batch_size=cfg.batch_size,
                     gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                     sampler=dict(seed=cfg.seed, epoch=self.epoch), settings=cfg.to_dict())
@@ -185,7 +188,37 @@ class Progress:
         return cls(epoch=state["epoch"], batch=state["batch"], step=state["step"], best_score=state["best_score"],
                    history=list(state["history"]), loss_sum=loss_sum, correct=int(correct), seen=int(seen),
                    skipped=state["skipped"], train_seconds=float(state.get("train_seconds", 0.0)),
-                   epoch_seconds=float(state.get("epoch_seconds", 0.0)))
+                   epoch_seconds=float(state.get("epoch_seconds", 0.0)), phases=dict(state.get("phases", {})))
+
+    @contextmanager
+    def timed(self, phase: str):
+        """Adds the wall time of the block to ``phases[phase]`` (one perf_counter pair: microseconds)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - start
+
+    def timed_batches(self, loader):
+        """The loader's batches, with the wait for each one counted as ``data``."""
+        batches = iter(loader)
+        while True:
+            with self.timed("data"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
+
+    def time_breakdown(self) -> dict:
+        """Training wall time by phase (data, step, validation, checkpoint, other = the rest: logging, progress
+        bars, the epoch bookkeeping), seconds; benchmarks/run_time.py reads it from eval.json."""
+        phases = {name: round(self.phases.get(name, 0.0), 2) for name in PHASES}
+        return dict(phases, other=round(max(self.elapsed() - sum(phases.values()), 0.0), 2))
+
+
+# the phases of training that Progress times: waiting for a batch, forward + backward + optimizer step, validation,
+# writing checkpoints (gathering the weights, best/, checkpoint-<step>/)
+PHASES = ("data", "step", "validation", "checkpoint")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -242,6 +275,7 @@ class TrainResult:
     last_dir: str
     history: list = field(default_factory=list)
     train_seconds: float = 0.0  # the whole run's training time, resumed sessions included
+    time_breakdown: dict = field(default_factory=dict)  # Progress.time_breakdown(): seconds by phase
 
 
 @dataclass
@@ -306,7 +340,7 @@ def train(cfg: Settings, built, data, run_dir: str, run_config: dict,
                 raise stop.stop(folder, os.path.basename(run_dir))
     accelerator.wait_for_everyone()
     return TrainResult(run_dir, os.path.join(run_dir, BEST_DIR), os.path.join(run_dir, LAST_LINK), progress.history,
-                       round(progress.elapsed(), 1))
+                       round(progress.elapsed(), 1), progress.time_breakdown())
 
 
 def train_epoch(loop: Loop, progress: Progress, stop: StopOnSignal) -> None:
@@ -320,8 +354,9 @@ def train_epoch(loop: Loop, progress: Progress, stop: StopOnSignal) -> None:
     bar = tqdm(loader, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
                initial=progress.batch, total=len(loop.train_loader))
     window_has_grad = False  # a batch of the current accumulation window back-propagated a finite loss
-    for batch in bar:
-        out, finite = forward_backward(model, batch, accelerator, skip_nonfinite=cfg.nan_policy == "skip")
+    for batch in progress.timed_batches(bar):
+        with progress.timed("step"):
+            out, finite = forward_backward(model, batch, accelerator, skip_nonfinite=cfg.nan_policy == "skip")
         progress.batch += 1
         if finite:
             progress.count(out, batch, loop.task)
@@ -332,7 +367,8 @@ def train_epoch(loop: Loop, progress: Progress, stop: StopOnSignal) -> None:
         window_has_grad |= finite
         if not accelerator.sync_gradients:
             continue
-        optimizer_step(model, loop.optimizer, loop.scheduler, accelerator, cfg.max_grad_norm, window_has_grad)
+        with progress.timed("step"):
+            optimizer_step(model, loop.optimizer, loop.scheduler, accelerator, cfg.max_grad_norm, window_has_grad)
         window_has_grad = False
         progress.step += 1
         bar.set_postfix({k.removeprefix("train_"): f"{v:.3f}" for k, v in
@@ -342,7 +378,8 @@ def train_epoch(loop: Loop, progress: Progress, stop: StopOnSignal) -> None:
         if stop.requested():
             raise stop.stop(save_progress(loop, progress), os.path.basename(loop.run_dir))
         if cfg.save_steps and progress.step % cfg.save_steps == 0:
-            save_progress(loop, progress)
+            with progress.timed("checkpoint"):
+                save_progress(loop, progress)
 
 
 def nonfinite_stop(loop: Loop, progress: Progress, loss: torch.Tensor) -> RunError:
@@ -363,8 +400,9 @@ def end_epoch(loop: Loop, progress: Progress, seconds: float) -> str:
     if cfg.nan_policy == "skip":
         record["skipped_batches"] = progress.skipped
     if loop.val_loader is not None:
-        record.update(loop.task.validate(loop.model, loop.val_loader, accelerator,
-                                         progress_enabled(cfg) and accelerator.is_main_process))
+        with progress.timed("validation"):
+            record.update(loop.task.validate(loop.model, loop.val_loader, accelerator,
+                                             progress_enabled(cfg) and accelerator.is_main_process))
     score = loop.task.score(record)  # the task's judgement: validation top-1, minus the validation loss, ...
     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=progress.step)  # --report_to trackers
     progress.history.append(record)
@@ -372,14 +410,15 @@ def end_epoch(loop: Loop, progress: Progress, seconds: float) -> str:
     if accelerator.is_main_process:
         write_jsonl(loop.metrics_log, progress.history)
         print(_epoch_line(record, cfg.epochs), flush=True)
-    weights = full_state_dict(accelerator, loop.model)  # every process takes part (FSDP gathers the shards)
-    if score > progress.best_score:  # best/ first: a crash before the resumable save redoes this epoch
-        progress.best_score = score
-        if accelerator.is_main_process:
-            meta = dict(loop.run_config, epoch=progress.epoch, step=progress.step, metrics=record,
-                        history=progress.history)
-            save_checkpoint(os.path.join(loop.run_dir, BEST_DIR), weights, meta, write_assets=loop.write_assets)
-    return save_progress(loop, progress, weights)
+    with progress.timed("checkpoint"):
+        weights = full_state_dict(accelerator, loop.model)  # every process takes part (FSDP gathers the shards)
+        if score > progress.best_score:  # best/ first: a crash before the resumable save redoes this epoch
+            progress.best_score = score
+            if accelerator.is_main_process:
+                meta = dict(loop.run_config, epoch=progress.epoch, step=progress.step, metrics=record,
+                            history=progress.history)
+                save_checkpoint(os.path.join(loop.run_dir, BEST_DIR), weights, meta, write_assets=loop.write_assets)
+        return save_progress(loop, progress, weights)
 
 
 def save_progress(loop: Loop, progress: Progress, weights: Optional[dict] = None) -> str:
@@ -510,7 +549,8 @@ def test_and_report(cfg: Settings, built, test_set, class_names: list, run_dir: 
                     accelerator: Accelerator, memory_from_start: bool, reversal_pairs: Optional[dict] = None) -> dict:
     """The task's test + speed + memory + environment -> <run_dir>/eval.json, a summary.csv row, plots, trackers.
 
-    ``run``: what was evaluated (mode, checkpoint, checkpoint_epoch, train_seconds, history, skipped_in_training).
+    ``run``: what was evaluated (mode, checkpoint, checkpoint_epoch, train_seconds, train_time_breakdown (training
+    only), history, skipped_in_training).
     Test videos that cannot be read are left out of every metric and listed under ``bad_videos``; the report is
     still written, then IncompleteResult (exit code 3) says so.
     """
@@ -525,8 +565,10 @@ def test_and_report(cfg: Settings, built, test_set, class_names: list, run_dir: 
     result = task.test(test)
     views.update(result.views)
     eval_seconds = time.time() - t0
+    t0 = time.time()
     speed = measure_speed(lambda batch: task.predict(model, batch, accelerator, cfg), next(iter(plain)),
                           accelerator.device, cfg.speed_repeats)
+    speed_seconds = time.time() - t0
     history = run["history"]
     bad = dict(test=test_set.bad_videos(), skipped_in_training=run["skipped_in_training"])
     report = dict(
@@ -535,7 +577,8 @@ def test_and_report(cfg: Settings, built, test_set, class_names: list, run_dir: 
         params_trainable=info["params_trainable"], **speed, peak_memory=peak_memory(accelerator.device,
                                                                                     memory_from_start),
         checkpoint_epoch=run["checkpoint_epoch"], train_seconds=run["train_seconds"],
-        eval_seconds=round(eval_seconds, 2), fusion=info.get("fusion", "none"), pretrained=info["pretrained"],
+        train_time_breakdown=run.get("train_time_breakdown"), eval_seconds=round(eval_seconds, 2),
+        speed_seconds=round(speed_seconds, 2), fusion=info.get("fusion", "none"), pretrained=info["pretrained"],
         weights_source=info["weights_source"], hf_hub_offline=hub_offline_mode(),
         **{k: info[k] for k in ("language_model", "language_model_source", "language_model_pretrained",
                                 "text_encoder") if k in info},

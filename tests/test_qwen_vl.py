@@ -302,7 +302,7 @@ def test_qa_json_train_then_inference_gives_identical_answers(tiny_dataset, tmp_
 def test_qwen_flags_are_refused_elsewhere_in_one_line(capsys):
     import main as train_main
     from videolab.cli import run_cli
-    code = run_cli(train_main.main, ["--gradient_checkpointing", "True"])
+    code = run_cli(train_main.main, ["--train_vision_tower", "True"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "applies to Qwen2-VL" in err[0]
     code = run_cli(train_main.main, ["--dataset", "qa_json", "--data_root", "nowhere"])

@@ -251,8 +251,9 @@ class Settings:
                                                   "q_proj,v_proj for qwen2-vl, else the model's default", group=MODEL)
     train_vision_tower: bool = _opt(False, "qwen2-vl: train its vision tower (and merger) too; by default it stays "
                                     "frozen", group=MODEL)
-    gradient_checkpointing: bool = _opt(False, "qwen2-vl: recompute activations in the backward pass (less memory, "
-                                        "more compute per step)")
+    gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass (less memory, more "
+                                        "compute per step): the backbone, language model and Qwen2-VL (their "
+                                        "transformers / timm switch)")
     # --- self-supervised pretraining (tasks/pretraining.py) and label budgets ------------------------------------
     task: str = _opt("train", "main.py: train (supervised classifier or captioner) or pretrain (self-supervised, "
                      "labels ignored; exports a backbone folder for --pretrained)", registry="task_flags",

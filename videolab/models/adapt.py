@@ -47,9 +47,40 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
+def enable_gradient_checkpointing(module: nn.Module) -> int:
+    """Activation checkpointing in every part of ``module`` that has its own switch: transformers models
+    (``activation_checkpointing_enable``, non-reentrant, so frozen inputs under LoRA need no
+    ``enable_input_require_grads``) and timm models (``set_grad_checkpointing``). Each recomputes its blocks'
+    activations in the backward pass (only in training mode). Returns how many models were switched on (0: none
+    supports it)."""
+    from transformers import PreTrainedModel
+    switched, inside = 0, []  # a model switched on handles its own submodules
+    for name, part in module.named_modules():
+        if any(name.startswith(prefix) for prefix in inside):
+            continue
+        if isinstance(part, PreTrainedModel) and part.supports_gradient_checkpointing:
+            part.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif callable(getattr(part, "set_grad_checkpointing", None)) and hasattr(part, "pretrained_cfg"):  # timm
+            part.set_grad_checkpointing(True)
+        else:
+            continue
+        switched += 1
+        inside.append(f"{name}." if name else "")
+    return switched
+
+
+def checkpoint_activations(cfg, module: nn.Module, what: str) -> None:
+    """--gradient_checkpointing on ``module`` (before LoRA wraps it); refused where nothing inside supports it."""
+    if cfg.gradient_checkpointing and not enable_gradient_checkpointing(module):
+        raise UsageError(f"--gradient_checkpointing True: {what} ({type(module).__name__}) has no gradient "
+                         f"checkpointing (transformers and timm models do); drop the flag")
+
+
 def adapt_backbone(cfg, backbone: Backbone, announce: bool) -> None:
-    """--use_lora_vision (peft LoRA on the backbone's attention) or --freeze_visionbackbone, in place; ``announce``
-    warns when either meets a randomly initialised backbone. Shared with the composed model (compose.py)."""
+    """--gradient_checkpointing, then --use_lora_vision (peft LoRA on the backbone's attention) or
+    --freeze_visionbackbone, in place; ``announce`` warns when LoRA or freezing meets a randomly initialised
+    backbone. Shared with the composed model (compose.py)."""
+    checkpoint_activations(cfg, backbone.module, f"the {cfg.vision_model} backbone")
     if cfg.use_lora_vision:
         backbone.module = apply_lora(backbone.module, lora_targets(cfg, backbone), cfg.lora_r, cfg.lora_alpha,
                                      cfg.lora_dropout)
@@ -64,7 +95,9 @@ def adapt_backbone(cfg, backbone: Backbone, announce: bool) -> None:
 
 def adapt_language_model(cfg, language, announce: Callable[[str], None]) -> None:
     """--use_lora_llm (peft LoRA) or --freeze_language_model on ``language.module``, in place; ``announce`` warns
-    when either meets a randomly initialised language model. Shared with the composed model's text encoder."""
+    when either meets a randomly initialised language model. Shared with the composed model's text encoder.
+    --gradient_checkpointing applies to it too."""
+    checkpoint_activations(cfg, language.module, "the language model")
     if cfg.use_lora_llm:
         if not language.lora_targets:
             raise UsageError(f"no default LoRA targets for the {language.arch.get('model_type')} language model; "
