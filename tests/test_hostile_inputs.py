@@ -743,3 +743,15 @@ def test_malformed_side_files(name, content, names, trained, frames, tmp_path, c
 def test_malformed_dataset_files(file, content, names, data_copy, tmp_path, capsys):
     write(data_copy / file, content)
     expect(train_main, ["--data_root", data_copy, "--output_dir", tmp_path / "out", *RUN], capsys, 2, *names)
+
+
+@pytest.mark.parametrize("content,names", [
+    ("[1, 2]", ["train.json record 0", "JSON object"]),
+    (b"\xff\xfe[", ["train.json", "UTF-8"]),
+    ("[{\"video\": \"a.mp4\"", ["train.json", "neither a JSON list nor JSON Lines"]),
+])
+def test_malformed_question_answer_files(content, names, tmp_path, capsys):
+    write(tmp_path / "qa" / "train.json", content, "wb" if isinstance(content, bytes) else "w")
+    write(tmp_path / "qa" / "test.json", "[]")
+    expect(train_main, ["--dataset", "qa_json", "--data_root", tmp_path / "qa", "--output_dir", tmp_path / "out",
+                        "--use_vlm", "True", "--captioning", "True", *RUN], capsys, 2, *names)
