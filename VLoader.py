@@ -7,6 +7,7 @@ builds its splits for the model's normalisation and inputs, and builds the infer
 """
 from __future__ import annotations
 
+import sys
 from typing import Optional, Sequence
 
 from videolab.core.errors import UsageError
@@ -15,6 +16,7 @@ from videolab.data.clips import DataBundle, make_loader  # noqa: F401  (make_loa
 from videolab.data.frames import FrameFolderDataset
 from videolab.data.registry import DATASETS
 from videolab.data.sampling import ClipSpec, make_clip_spec, spec_options
+from videolab.data.transforms import parse_rand_augment
 from videolab.data.video_io import FrameCache
 from videolab.data.videos import inference_videos
 
@@ -29,7 +31,21 @@ def clip_spec(cfg, mean, std, train: bool) -> ClipSpec:
     flip = cfg.horizontal_flip if cfg.horizontal_flip is not None else not mirrored
     return make_clip_spec(cfg.num_frames, cfg.image_size, mean, std, sampling=cfg.sampling,
                           frame_stride=cfg.frame_stride, train=train, random_crop=train and random_crop,
-                          crop_scale_min=cfg.crop_scale_min, flip=train and flip)
+                          crop_scale_min=cfg.crop_scale_min, flip=train and flip,
+                          rand_augment=rand_augment(cfg, mirrored, train))
+
+
+def rand_augment(cfg, mirrored: bool, train: bool) -> Optional[tuple]:
+    """--rand_augment of the training clips: (operations, magnitude), or None. Off, with a note, for a dataset whose
+    labels tell left from right (rotations, shears and translations move the object against its label)."""
+    if not train or not getattr(cfg, "rand_augment", None):
+        return None
+    if mirrored:
+        print(f"note: --rand_augment {cfg.rand_augment} is off for --dataset {cfg.dataset}: its labels tell "
+              f"directions apart, which RandAugment's rotations, shears and translations would change",
+              file=sys.stderr)
+        return None
+    return parse_rand_augment(cfg.rand_augment)
 
 
 def source(cfg):

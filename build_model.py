@@ -32,19 +32,20 @@ from typing import Any, Callable, Optional, Sequence
 
 from torch import nn
 
-from videolab.core.checkpoints import TOKENIZER_DIR, load_weights
-from videolab.core.errors import UsageError
+from videolab.core.checkpoints import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, load_weights
+from videolab.core.errors import CheckpointError, UsageError
 from videolab.core.hub import loud_note, quiet_note
 from videolab.core.registry import Registry
-from videolab.core.settings import Settings
+from videolab.core.settings import Settings, settings_from_dict
 from videolab.data.registry import DATASETS
+from videolab.data.transforms import parse_rand_augment
 from videolab.export import huggingface as hf_export
 from videolab.export.onnx import missing_packages as onnx_missing_packages
 from videolab.export.push import check_push, push_folder
 from videolab.models import compose
 from videolab.models.adapt import (adapt_backbone, adapt_language_model, checkpoint_activations, count_parameters,
                                    lora_targets)
-from videolab.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from videolab.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone, backbone_shape, preset_note
 from videolab.models.captioner import VideoCaptioner
 from videolab.models.classifier import VideoClassifier
 from videolab.models.language import (LanguageModel, is_causal, load_causal_lm, load_text_encoder,
@@ -52,7 +53,7 @@ from videolab.models.language import (LanguageModel, is_causal, load_causal_lm, 
 from videolab.models.pretrainer import DECODER_PRESETS, build_video_pretrainer
 from videolab.models.qwen_vl import (QwenVLCaptioner, is_qwen_vl_name, load_qwen_vl, lora_settings,
                                      prepare_for_training, rebuild_qwen_vl)
-from videolab.models.registry import FUSIONS, backbone_kind, build_backbone, check_vision_model
+from videolab.models.registry import FUSIONS, backbone_kind, build_backbone, check_vision_model, has_drop_path
 from videolab.models.vlm import VideoTokenEncoder, VisionLanguageClassifier
 from videolab.tasks.registry import TASKS
 
@@ -117,8 +118,17 @@ def build_classifier(cfg, num_classes, arch, language_arch, checkpoint_folder, t
     model = VideoClassifier(backbone, cfg, num_classes)
     info = dict(backbone_info(cfg, backbone, model), fusion=cfg.fusion if backbone.kind == "frame" else "none",
                 lora_targets=lora_targets(cfg, backbone) if cfg.use_lora_vision else [])
+    shape = backbone_shape(backbone)
+    info.update(backbone_width=shape["width"], backbone_depth=shape["depth"],
+                fusion_width=model.temporal.layer_width if backbone.kind == "frame" else None)
     if verbose:
-        announce_model(info, f"{cfg.vision_model} ({backbone.kind} backbone, {info['fusion']} fusion)")
+        fusion = f", {info['fusion']} fusion {info['fusion_width']} wide x {cfg.fusion_depth}" \
+            if backbone.kind == "frame" and info["fusion"] != "mean" else f", {info['fusion']} fusion"
+        announce_model(info, f"{cfg.vision_model} '{cfg.model_size}' preset ({backbone.kind} backbone "
+                             f"{shape['width']} wide x {shape['depth']} blocks{fusion})")
+        note = preset_note(cfg, backbone, info["params_total"]) if arch is None else None
+        if note:
+            loud_note(note)
     return BuiltModel(model, backbone, info)
 
 
@@ -354,6 +364,12 @@ def kind_name(cfg) -> str:
     return own or flag_kind(cfg)
 
 
+def checkpoint_kind(saved_settings: dict) -> str:
+    """The model kind a checkpoint's saved settings build (inference.py picks runs of the kind its flags describe).
+    """
+    return kind_name(resolve_settings(settings_from_dict(saved_settings)))
+
+
 def task_of(cfg):
     """The task object (``videolab.tasks.base.Task``) the settings run."""
     return TASKS.get(task_name(cfg))()
@@ -387,14 +403,35 @@ def check_settings(cfg: Settings, explicit: Sequence[str] = ()) -> None:
                          "(LoRA trains adapters inside the backbone); choose one")
     if cfg.image_size % 2:
         raise UsageError(f"--image_size must be even, got {cfg.image_size}")
+    check_recipe(cfg)
     check_export_settings(cfg, kind)
     check_part_flags(cfg, explicit, task, kind)
     meta["check"](cfg)
+    if kind == "composed" and cfg.model_config:
+        compose.check_flags_against_section(cfg, explicit)  # a flag the section overrides: refused, not ignored
     check_views(cfg, task)
     check_data_fits(cfg, (*TASKS.meta(task.name).get("needs", ()), *meta["needs"](cfg)))
     if "fusion" in explicit and backbone_kind(cfg.vision_model) == "video" and kind == "classifier":
         raise UsageError(f"--fusion applies to per-frame (timm) backbones; {cfg.vision_model} models time itself. "
                          f"Drop --fusion or choose e.g. --vision_model vit_small_patch16_224")
+
+
+def check_recipe(cfg) -> None:
+    """The training-recipe settings alone and with the parts they need: --rand_augment parses, stochastic depth
+    is in the backbone."""
+    try:
+        parse_rand_augment(cfg.rand_augment)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if cfg.max_eval_samples and cfg.dataset != "qa_json":
+        raise UsageError(f"--max_eval_samples limits the records of --dataset qa_json; --dataset {cfg.dataset} "
+                         f"evaluates every clip: drop --max_eval_samples")
+    if cfg.skip_list and cfg.dataset not in ("ucf101", "videofolder"):
+        raise UsageError(f"--skip_list names video files of --dataset ucf101 or videofolder; --dataset {cfg.dataset} "
+                         f"has none: drop --skip_list")
+    if cfg.drop_path_rate and not has_drop_path(cfg.vision_model):
+        raise UsageError(f"--drop_path_rate: {cfg.vision_model} (transformers) has no stochastic depth; drop "
+                         f"--drop_path_rate, or use --vision_model timesformer or a timm backbone")
 
 
 EXPORT_SETTINGS = ("export_dir", "merge_lora", "export_onnx", "push_to_hub", "hub_private")  # what an export does
@@ -486,11 +523,38 @@ def rebuild_from_checkpoint(cfg: Settings, run_config: dict, folder: str) -> Bui
     """The model a checkpoint folder holds: its saved architecture (no Hub, no download) with its weights loaded.
     ``run_config`` is the folder's run_config.json (``videolab.core.checkpoints.read_run_config``)."""
     info = run_config["model_info"]
-    built = build_model(cfg, len(run_config["class_names"]), arch=info["arch"], verbose=False,
-                        language_arch=info.get("language_arch"), checkpoint_folder=folder)
-    built.model.load_state_dict(load_weights(folder))
+    config_file = os.path.join(folder, CONFIG_FILE)
+    if "arch" not in info:
+        raise CheckpointError(f"{config_file}: model_info has no 'arch' (the architecture to rebuild); the file is "
+                              f"damaged or from another program: use another checkpoint of the run")
+    try:
+        built = build_model(cfg, len(run_config["class_names"]), arch=info["arch"], verbose=False,
+                            language_arch=info.get("language_arch"), checkpoint_folder=folder)
+    except (KeyError, TypeError) as exc:  # an arch that parses but is not one this code wrote
+        raise CheckpointError(f"{config_file}: its model_info.arch does not describe a model this version builds "
+                              f"({type(exc).__name__}: {str(exc)[:100]}); use another checkpoint or retrain") from None
+    load_checkpoint_weights(built.model, folder, len(run_config["class_names"]))
     built.info = dict(info)  # what the run recorded (where the weights first came from, pretrained or not)
     return built
+
+
+def load_checkpoint_weights(model, folder: str, num_classes: int) -> None:
+    """The checkpoint's weights into the model its run_config rebuilt: every tensor present, of the right shape
+    (the class count included) and finite; else one CheckpointError naming the file and the first problem."""
+    weights_file = os.path.join(folder, WEIGHTS_FILE)
+    weights = load_weights(folder)
+    bad = [name for name, value in weights.items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    if bad:
+        raise CheckpointError(f"{weights_file}: {len(bad)} tensor(s) hold NaN/inf (first: {bad[0]}); its "
+                              f"predictions would be NaN: use another checkpoint of the run")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:  # missing / unexpected tensors, shape mismatches (another class count)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else "does not fit"
+        raise CheckpointError(f"{weights_file} does not fit the model its run_config.json describes "
+                              f"({num_classes} classes): {detail[:160]}; use the run_config.json written with it "
+                              f"or another checkpoint") from None
 
 
 def export_model(cfg: Settings, built: BuiltModel, class_names: list, report: Optional[dict] = None) -> None:

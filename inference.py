@@ -29,7 +29,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     import VLoader
     from videolab.core.checkpoints import read_run_config
     from videolab.core.errors import UsageError
-    from videolab.core.runs import pick_checkpoint
+    from videolab.core.runs import check_inference_outputs, pick_checkpoint
     from videolab.core.runtime import make_accelerator, progress_enabled
     from videolab.core.settings import FIELDS, MODEL, merge_with_checkpoint, settings_from_dict
     from videolab.data.clips import make_loader
@@ -40,10 +40,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         raise UsageError("--video_dir is required: a video file, a folder of videos, a folder of frames, or a folder "
                          "of frame folders (python create_dummy.py writes ./frames_see/)")
     wanted = {k: getattr(cli, k) for k in explicit if FIELDS[k].metadata["group"] == MODEL}
-    folder = pick_checkpoint(cli.checkpoint, cli.output_dir, wanted)
+    folder = pick_checkpoint(cli.checkpoint, cli.output_dir, wanted,
+                             build_model.kind_name(build_model.resolve_settings(cli)), build_model.checkpoint_kind)
     run_config = read_run_config(folder)
-    cfg = build_model.resolve_settings(merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli,
-                                                             explicit, folder))
+    saved = settings_from_dict(run_config["settings"], os.path.join(folder, "run_config.json"))
+    cfg = build_model.resolve_settings(merge_with_checkpoint(saved, cli, explicit, folder))
     task = build_model.task_of(cfg)
     build_model.check_views(cfg, task)
     class_names = run_config["class_names"]
@@ -59,6 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         what = "--use_text True" if cfg.use_text else "a text encoder"
         raise UsageError(f"this model reads text (trained with {what}) and {missing} video(s) have none: "
                          f"pass --text_input \"...\" or put texts.json ({{video_name: text}}) beside the videos")
+    check_inference_outputs(cfg)  # before the videos are run: an existing or unwritable predictions file
     views = view_protocol(cfg.test_clips, cfg.test_crops, cfg.sampling, cfg.num_frames, cfg.frame_stride)
     language = f", language model: {info['language_model']}" if info.get("language_model") else ""
     what = f"{len(class_names)} classes" if class_names else task.name

@@ -10,6 +10,7 @@ split without training and writes the same report beside the checkpoint (in ``ch
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from typing import Optional, Sequence
@@ -20,8 +21,10 @@ from videolab.cli import resolve, run_cli
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     cli, explicit, ns = resolve(argv, "main.py", __doc__.splitlines()[0])
     import build_model  # after parsing: --help and flag mistakes answer before torch is imported
+    from videolab.core.runs import check_run_outputs
     cfg = build_model.resolve_settings(cli)
     build_model.check_settings(cfg, explicit)
+    check_run_outputs(cfg)
     if cfg.eval_only:
         return evaluate_checkpoint(cli, explicit)
     chosen = {k: f"settings file {ns.config_file}" for k in ns.config_keys}
@@ -35,6 +38,25 @@ def train_and_evaluate(cfg, chosen: Optional[dict] = None) -> dict:
     ``chosen``: the settings the user set and where ({name: "flag" | "settings file F"}); a precision or
     accumulation not among them comes from ``accelerate launch`` when it was given one (runtime.accelerate_values).
     """
+    import build_model
+    from videolab.core.runs import launch_rank, own_run_folder, resume_folder, run_folder
+    from videolab.core.runtime import accelerate_values, check_tracker_installed
+
+    check_tracker_installed(cfg.report_to)
+    cfg, sources = accelerate_values(cfg, chosen or {})
+    if any(source.startswith("accelerate") for source in sources.values()):
+        build_model.check_settings(cfg, set(chosen or ()))  # a launcher's precision must suit the model too
+    task = build_model.task_of(cfg)
+    resume_from = resume_folder(cfg.resume_from_checkpoint, cfg.output_dir, cfg.run_name) \
+        if cfg.resume_from_checkpoint else None
+    run_dir = run_folder(cfg.output_dir, cfg.run_name, resume_from, task.run_name(cfg))
+    # one process at a time per run folder, and an existing run only when resumed or --overwrite
+    with own_run_folder(run_dir, resume_from, cfg.overwrite, main_process=launch_rank() == 0):
+        return train_in_folder(cfg, sources, resume_from, run_dir)
+
+
+def train_in_folder(cfg, sources: dict, resume_from: Optional[str], run_dir: str) -> dict:
+    """train_and_evaluate in the run folder it owns (``run_dir``)."""
     import torch
     from accelerate.utils import set_seed
 
@@ -42,18 +64,10 @@ def train_and_evaluate(cfg, chosen: Optional[dict] = None) -> dict:
     import train_code
     import VLoader
     from videolab.core.files import write_text
-    from videolab.core.runs import resume_folder, run_folder
-    from videolab.core.runtime import accelerate_values, check_tracker_installed, progress_enabled
+    from videolab.core.runtime import progress_enabled
     from videolab.evaluation.reports import reset_peak_memory
 
-    check_tracker_installed(cfg.report_to)
-    cfg, sources = accelerate_values(cfg, chosen or {})
-    if any(source.startswith("accelerate") for source in sources.values()):
-        build_model.check_settings(cfg, set(chosen or ()))  # a launcher's precision must suit the model too
     task, kind = build_model.task_of(cfg), build_model.MODEL_KINDS.meta(build_model.kind_name(cfg))
-    resume_from = resume_folder(cfg.resume_from_checkpoint, cfg.output_dir, cfg.run_name) \
-        if cfg.resume_from_checkpoint else None
-    run_dir = run_folder(cfg.output_dir, cfg.run_name, resume_from, task.run_name(cfg))
     accelerator = train_code.make_run_accelerator(cfg, run_dir, kind.get("unused_parameters", False))
     memory_from_start = reset_peak_memory(accelerator.device)
     with accelerator.main_process_first():  # the main process generates a missing dataset, the others wait
@@ -145,22 +159,32 @@ def evaluate_checkpoint(cli, explicit: set[str]) -> dict:
     that holds the checkpoint (``checkpoints/<run>/best`` -> ``checkpoints/<run>/eval.json``).
     """
     import build_model
-    import train_code
-    import VLoader
     from videolab.core.checkpoints import read_run_config
-    from videolab.core.errors import UsageError
+    from videolab.core.runs import launch_rank, run_lock
     from videolab.core.runtime import check_tracker_installed
     from videolab.core.settings import merge_with_checkpoint, settings_from_dict
-    from videolab.evaluation.reports import reset_peak_memory
 
     folder = checkpoint_to_evaluate(cli)
     run_config = read_run_config(folder)
     moved = {"data_root", "split_dir"} & explicit  # where the data is may change; what it is may not
-    cfg = merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli, explicit - moved, folder)
+    saved = settings_from_dict(run_config["settings"], os.path.join(folder, "run_config.json"))
+    cfg = merge_with_checkpoint(saved, cli, explicit - moved, folder)
     for key in moved | set(build_model.EXPORT_SETTINGS):  # exporting (and uploading) is this command's choice
         setattr(cfg, key, getattr(cli, key))
     check_tracker_installed(cfg.report_to)
     run_dir = os.path.dirname(os.path.normpath(folder))
+    with run_lock(run_dir) if launch_rank() == 0 else contextlib.nullcontext():  # one writer at a time in a run folder
+        return evaluate_in_folder(cfg, run_config, folder, run_dir)
+
+
+def evaluate_in_folder(cfg, run_config: dict, folder: str, run_dir: str) -> dict:
+    """evaluate_checkpoint with the run folder's lock held."""
+    import build_model
+    import train_code
+    import VLoader
+    from videolab.core.errors import UsageError
+    from videolab.evaluation.reports import reset_peak_memory
+
     accelerator = train_code.make_run_accelerator(cfg, run_dir)
     memory_from_start = reset_peak_memory(accelerator.device)
     VLoader.ensure_dataset(cfg)

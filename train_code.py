@@ -37,25 +37,29 @@ from typing import Optional
 import torch
 from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import set_seed
+from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from videolab.core.checkpoints import (BEST_DIR, LAST_LINK, STATE_FORMAT, latest_checkpoint, load_training_state,
                                        load_weights, read_run_config, save_checkpoint, save_resumable,
                                        verify_checkpoint)
-from videolab.core.errors import CheckpointError, IncompleteResult, RunError
+from videolab.core.errors import CheckpointError, IncompleteResult, RunError, UsageError
 from videolab.core.files import remove_stale_temp, write_json, write_text
 from videolab.core.hub import hub_offline_mode
-from videolab.core.runtime import (deterministic_algorithms, full_state_dict, load_full_state_dict, make_accelerator,
-                                   progress_enabled)
+from videolab.core.runtime import (deterministic_algorithms, full_state_dict, is_sharded, load_full_state_dict,
+                                   make_accelerator, progress_enabled)
 from videolab.core.settings import DATA, FIELDS, MODEL, Settings
 from videolab.data.clips import make_loader
 from videolab.evaluation.reports import (append_summary_row, environment_info, measure_speed, peak_memory,
                                          summary_row, timestamp, view_protocol)
+from videolab.models.layer_decay import layer_lr_scales
 from videolab.tasks.base import Task, TestRun, model_inputs
 
 # accelerate's project name: for TensorBoard the sub-folder of the run folder, for W&B the project
 TRACKER_PROJECT = {"tensorboard": "tensorboard", "wandb": "video-understanding"}
+EMA_FILE = "ema.safetensors"  # --model_ema: the averaged weights in a resumable checkpoint (best/ holds them as its
+#                               model.safetensors)
 
 
 LANGUAGE_MODEL_ATTRIBUTES = ("lm", "language_model")  # VisionLanguageClassifier.lm, VideoCaptioner.language_model
@@ -73,18 +77,21 @@ def pretrained_language_weights(model: torch.nn.Module) -> set[int]:
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
-                 lr_language_model: Optional[float] = None) -> list[dict]:
+                 lr_language_model: Optional[float] = None, layer_decay: float = 1.0) -> list[dict]:
     """AdamW groups: weight decay on matrices only (not biases, norms, 1-D params); a pretrained language model's
     own weights at ``lr_language_model`` (default lr / 10), so fine-tuning does not wreck what it learned while the
-    new parts (projector, head, a backbone trained from scratch) learn at ``lr``."""
+    new parts (projector, head, a backbone trained from scratch) learn at ``lr``; with ``layer_decay`` < 1 a
+    ViT-style backbone's blocks at ``lr * layer_decay ** depth-from-the-top`` (``videolab.models.layer_decay``)."""
     lm_weights = pretrained_language_weights(model)
     lm_lr = lr / 10 if lr_language_model is None else lr_language_model
-    groups = {}  # (is LM weight, decays) -> params
+    scales = layer_lr_scales(model, layer_decay)
+    groups = {}  # (is LM weight, lr scale, decays) -> params
     for p in model.parameters():
         if p.requires_grad:
-            groups.setdefault((id(p) in lm_weights, p.ndim >= 2), []).append(p)
-    return [dict(params=params, weight_decay=weight_decay if decays else 0.0, lr=lm_lr if is_lm else lr)
-            for (is_lm, decays), params in sorted(groups.items())]
+            groups.setdefault((id(p) in lm_weights, scales.get(id(p), 1.0), p.ndim >= 2), []).append(p)
+    return [dict(params=params, weight_decay=weight_decay if decays else 0.0,
+                 lr=(lm_lr if is_lm else lr) * scale, lr_scale=scale)
+            for (is_lm, scale, decays), params in sorted(groups.items())]
 
 
 def all_finite(loss: torch.Tensor, accelerator: Accelerator) -> bool:
@@ -292,6 +299,19 @@ class Loop:
     run_config: dict
     write_assets: object
     task: Task
+    ema: Optional[torch.nn.Module] = None  # timm ModelEmaV3 (--model_ema): its .module is validated and saved
+    batch_transform: Optional[object] = None  # the task's change to every training batch (Mixup / CutMix)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What validation judges and best/ holds: the EMA of the weights with --model_ema, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def checkpoint_files(self, folder: str) -> None:
+        """Files of a resumable checkpoint besides ours and accelerate's: the model's assets, the EMA weights."""
+        self.write_assets(folder)
+        if self.ema is not None:
+            save_model(self.ema.module, os.path.join(folder, EMA_FILE))
 
     @property
     def metrics_log(self) -> str:
@@ -311,12 +331,26 @@ def prepare_training(cfg: Settings, built, data, run_dir: str, run_config: dict,
         if data.val else None
     # len of the sharded loader: batches per process
     total_steps = planned_steps(cfg, len(train_loader), accelerator.gradient_accumulation_steps)
-    optimizer = torch.optim.AdamW(param_groups(built.model, cfg.weight_decay, cfg.lr, cfg.lr_language_model),
-                                  lr=cfg.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(param_groups(built.model, cfg.weight_decay, cfg.lr, cfg.lr_language_model,
+                                               cfg.layer_decay), lr=cfg.lr, betas=(0.9, 0.999))
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer, scheduler = accelerator.prepare(built.model, optimizer, scheduler)
     return Loop(cfg, accelerator, model, optimizer, scheduler, train_loader, val_loader, run_dir, run_config,
-                built.write_assets, built.task)
+                built.write_assets, built.task, make_ema(cfg, accelerator, model),
+                built.task.batch_transform(cfg, len(run_config["class_names"])))
+
+
+def make_ema(cfg: Settings, accelerator: Accelerator, model: torch.nn.Module):
+    """--model_ema: timm's ModelEmaV3 over the unwrapped model (a copy on the same device, updated after every
+    optimizer step; with --model_ema_warmup the decay ramps up as 1 - (1 + step) ** -0.75). None without it."""
+    if not cfg.model_ema:
+        return None
+    if is_sharded(accelerator):
+        raise UsageError("--model_ema keeps a full copy of the weights on every process, which FSDP's sharding is "
+                         "there to avoid; drop --model_ema or train without FSDP")
+    from timm.utils import ModelEmaV3
+    return ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup,
+                      warmup_power=3 / 4)
 
 
 def train(cfg: Settings, built, data, run_dir: str, run_config: dict,
@@ -355,6 +389,8 @@ def train_epoch(loop: Loop, progress: Progress, stop: StopOnSignal) -> None:
                initial=progress.batch, total=len(loop.train_loader))
     window_has_grad = False  # a batch of the current accumulation window back-propagated a finite loss
     for batch in progress.timed_batches(bar):
+        if loop.batch_transform is not None:
+            batch = loop.batch_transform(batch)
         with progress.timed("step"):
             out, finite = forward_backward(model, batch, accelerator, skip_nonfinite=cfg.nan_policy == "skip")
         progress.batch += 1
@@ -369,6 +405,8 @@ def train_epoch(loop: Loop, progress: Progress, stop: StopOnSignal) -> None:
             continue
         with progress.timed("step"):
             optimizer_step(model, loop.optimizer, loop.scheduler, accelerator, cfg.max_grad_norm, window_has_grad)
+            if loop.ema is not None and window_has_grad:
+                loop.ema.update(accelerator.unwrap_model(model), step=progress.step + 1)
         window_has_grad = False
         progress.step += 1
         bar.set_postfix({k.removeprefix("train_"): f"{v:.3f}" for k, v in
@@ -401,7 +439,7 @@ def end_epoch(loop: Loop, progress: Progress, seconds: float) -> str:
         record["skipped_batches"] = progress.skipped
     if loop.val_loader is not None:
         with progress.timed("validation"):
-            record.update(loop.task.validate(loop.model, loop.val_loader, accelerator,
+            record.update(loop.task.validate(loop.eval_model, loop.val_loader, accelerator,
                                              progress_enabled(cfg) and accelerator.is_main_process))
     score = loop.task.score(record)  # the task's judgement: validation top-1, minus the validation loss, ...
     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=progress.step)  # --report_to trackers
@@ -416,8 +454,9 @@ def end_epoch(loop: Loop, progress: Progress, seconds: float) -> str:
             progress.best_score = score
             if accelerator.is_main_process:
                 meta = dict(loop.run_config, epoch=progress.epoch, step=progress.step, metrics=record,
-                            history=progress.history)
-                save_checkpoint(os.path.join(loop.run_dir, BEST_DIR), weights, meta, write_assets=loop.write_assets)
+                            history=progress.history, weights="ema" if loop.ema is not None else "model")
+                best = weights if loop.ema is None else loop.ema.module.state_dict()
+                save_checkpoint(os.path.join(loop.run_dir, BEST_DIR), best, meta, write_assets=loop.write_assets)
         return save_progress(loop, progress, weights)
 
 
@@ -429,7 +468,7 @@ def save_progress(loop: Loop, progress: Progress, weights: Optional[dict] = None
     state = progress.to_state(all_sums, loop.cfg, accelerator.num_processes)
     meta = dict(loop.run_config, epoch=progress.epoch, step=progress.step, history=progress.history)
     folder = os.path.join(loop.run_dir, f"checkpoint-{progress.step}")
-    return save_resumable(accelerator, folder, weights, meta, state, loop.write_assets, loop.cfg.save_total_limit)
+    return save_resumable(accelerator, folder, weights, meta, state, loop.checkpoint_files, loop.cfg.save_total_limit)
 
 
 def restore_training(loop: Loop, folder: str) -> Progress:
@@ -437,11 +476,26 @@ def restore_training(loop: Loop, folder: str) -> Progress:
     loop.accelerator.load_state(folder)  # the model is skipped by _weights_loaded_by_us: ours is loaded below
     load_full_state_dict(loop.accelerator, loop.model, load_weights(folder))  # FSDP: each process keeps its shard
     progress = Progress.from_state(load_training_state(folder), loop.accelerator.process_index)
+    if loop.ema is not None:
+        restore_ema(loop, folder)
     if loop.accelerator.is_main_process:
         where = f"epoch {progress.epoch + 1}, batch {progress.batch}" if progress.batch else \
             f"the end of epoch {progress.epoch}"
         print(f"resumed from {folder} at {where} (step {progress.step})", flush=True)
     return progress
+
+
+def restore_ema(loop: Loop, folder: str) -> None:
+    """The EMA weights of a resumable checkpoint; one saved without --model_ema starts the average from the
+    restored weights (with a note)."""
+    ema, path = loop.ema.module, os.path.join(folder, EMA_FILE)
+    if os.path.isfile(path):
+        load_model(ema, path, device=str(next(ema.parameters()).device))
+        return
+    ema.load_state_dict(loop.accelerator.unwrap_model(loop.model).state_dict())
+    if loop.accelerator.is_main_process:
+        print(f"note: {folder} holds no EMA weights (saved without --model_ema); the average starts from the "
+              f"restored weights", file=sys.stderr)
 
 
 # settings that may differ on resume without making the run a different model
@@ -450,7 +504,8 @@ RESUME_FREE = {"data_root", "resume_from_checkpoint"}
 BATCH_LAYOUT = ("batch_size", "gradient_accumulation_steps", "seed")
 # settings that may change on resume, at the price of no longer matching the uninterrupted run
 TRAINING_KNOBS = ("epochs", "max_steps", "lr", "weight_decay", "warmup_ratio", "label_smoothing", "max_grad_norm",
-                  "mixed_precision", *BATCH_LAYOUT)
+                  "mixed_precision", "layer_decay", "model_ema", "model_ema_decay", "model_ema_warmup", "mixup_alpha",
+                  "cutmix_alpha", "mixup_prob", "mixup_switch_prob", *BATCH_LAYOUT)
 
 
 def check_resume(cfg: Settings, folder: str, class_names: list, accelerator: Accelerator) -> None:
@@ -485,7 +540,7 @@ def resume_differences(cfg: Settings, saved_config: dict, state: dict, class_nam
                      f"{len(class_names)} classes {class_names} here")
     model_and_data = [k for k in FIELDS if FIELDS[k].metadata["group"] in (MODEL, DATA) and k not in RESUME_FREE]
     diffs += [f"{k}={saved.get(k)!r} there, {getattr(cfg, k)!r} here" for k in model_and_data
-              if saved.get(k) != getattr(cfg, k)]
+              if saved.get(k) != getattr(cfg, k) and not same_model(k, saved.get(k), getattr(cfg, k), saved_config)]
     if state["num_processes"] != num_processes:
         diffs.append(f"{state['num_processes']} processes there, {num_processes} here (each process's RNG state is "
                      f"saved; launch with --nproc_per_node / --num_processes {state['num_processes']})")
@@ -493,6 +548,13 @@ def resume_differences(cfg: Settings, saved_config: dict, state: dict, class_nam
         diffs += [f"{k}={saved.get(k)!r} there, {getattr(cfg, k)!r} here (mid-epoch checkpoint)" for k in BATCH_LAYOUT
                   if saved.get(k) != getattr(cfg, k)]
     return diffs
+
+
+def same_model(key: str, there, here, saved_config: dict) -> bool:
+    """A setting that differs in value but not in the model built: --fusion_dim 0 (the former default) and none
+    (the automatic width) when the saved model has no fusion (a video backbone's classifier)."""
+    return key == "fusion_dim" and {there, here} == {0, None} and \
+        saved_config.get("model_info", {}).get("fusion") == "none" and not saved_config["settings"].get("modalities")
 
 
 def write_jsonl(path: str, records: list) -> None:

@@ -124,9 +124,11 @@ def load_demo_model(cli, explicit: set[str]) -> DemoModel:
     from videolab.core.runtime import make_accelerator
     from videolab.core.settings import FIELDS, MODEL, merge_with_checkpoint, settings_from_dict
     wanted = {k: getattr(cli, k) for k in explicit if FIELDS[k].metadata["group"] == MODEL}
-    folder = pick_checkpoint(cli.checkpoint, cli.output_dir, wanted)
+    folder = pick_checkpoint(cli.checkpoint, cli.output_dir, wanted,
+                             build_model.kind_name(build_model.resolve_settings(cli)), build_model.checkpoint_kind)
     run_config = read_run_config(folder)
-    cfg = merge_with_checkpoint(settings_from_dict(run_config["settings"]), cli, explicit, folder)
+    saved = settings_from_dict(run_config["settings"], os.path.join(folder, "run_config.json"))
+    cfg = merge_with_checkpoint(saved, cli, explicit, folder)
     cfg = replace(build_model.resolve_settings(cfg), test_clips=1, test_crops=1, num_workers=0)  # one view shown
     accelerator = make_accelerator(cfg)
     built = build_model.rebuild_from_checkpoint(cfg, run_config, folder)

@@ -25,6 +25,7 @@ from videolab.data.synthetic import read_annotations, read_class_names
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSIFIER_PLOTS = ("training_curves.png", "confusion_matrix.png", "per_class_accuracy.png")
+VIDEOMAE_ATTENTION = ("attention_rollout.png", "attention.json")  # issue 22: the backbone's attention rollout
 EVAL_FIELDS = {"run_dir", "mode", "task", "split", "checkpoint", "finished", "num_samples", "top1", "top5",
                "mean_class_accuracy", "loss", "views", "params_total", "params_trainable", "latency", "throughput",
                "peak_memory", "checkpoint_epoch", "train_seconds", "eval_seconds", "fusion", "pretrained",
@@ -182,7 +183,7 @@ def test_table_with_older_columns_keeps_its_header_and_says_what_was_left_out(tm
 # ----------------------------------------------------------------------------------------------------------------
 def test_training_writes_readable_plots(report_run):
     folder = os.path.join(report_run["run_dir"], "plots")
-    assert sorted(os.listdir(folder)) == sorted(CLASSIFIER_PLOTS)
+    assert sorted(os.listdir(folder)) == sorted(CLASSIFIER_PLOTS + VIDEOMAE_ATTENTION)
     for name in CLASSIFIER_PLOTS:
         assert_valid_png(os.path.join(folder, name))
 
@@ -236,7 +237,7 @@ def test_eval_only_reproduces_the_test_report_from_a_checkpoint(report_run, tmp_
                 "num_samples"):
         assert result[key] == trained[key], key
     assert json.load(open(os.path.join(run_dir, "eval.json")))["checkpoint"] == os.path.join(run_dir, "best")
-    assert sorted(os.listdir(os.path.join(run_dir, "plots"))) == sorted(CLASSIFIER_PLOTS)
+    assert sorted(os.listdir(os.path.join(run_dir, "plots"))) == sorted(CLASSIFIER_PLOTS + VIDEOMAE_ATTENTION)
     _, rows = read_csv(summary)
     assert [(r["mode"], r["run_name"]) for r in rows] == [("eval_only", "copied_run")]
 

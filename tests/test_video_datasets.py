@@ -330,7 +330,8 @@ def test_inference_on_video_files_and_a_bad_one(video_run, folder_videos, tmp_pa
                           "--quiet", "--top_k", "2"])
     assert [p["video"] for p in one["predictions"]] == ["clip3.mp4"] and len(one["predictions"][0]["top_k"]) == 2
     assert one["views"]["protocol"] == "single-view" and one["bad_videos"] == []
-    every = inference.main(["--video_dir", folder_videos, "--checkpoint", folder, "--quiet", "--test_clips", "2"])
+    every = inference.main(["--video_dir", folder_videos, "--checkpoint", folder, "--quiet", "--test_clips", "2",
+                            "--predictions_file", "every.json"])  # predictions.json exists: never replaced silently
     assert len(every["predictions"]) == 15 and every["num_labelled"] == 15  # class folders give the labels
     assert every["views"]["clips"] == 2 and every["predictions"][0]["video"] == "jump/clip0.AVI"
     mixed = tmp_path / "mixed"

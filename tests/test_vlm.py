@@ -149,8 +149,9 @@ def test_train_and_infer_with_text_from_the_cli(tiny_dataset, tmp_path):
     assert os.path.isfile(os.path.join(best, "tokenizer", "tokenizer.json"))
     frames = str(tmp_path / "frames")
     create_dummy.main(["--data_root", tiny_dataset, "--out_dir", frames, "--max_videos", "4", "--quiet"])
-    # texts.json beside the frames supplies the text; --text_input overrides it; model flags need no repeating
-    common = ["--video_dir", frames, "--output_dir", out, "--quiet"]
+    # texts.json beside the frames supplies the text; --text_input overrides it; --use_vlm picks the kind of run
+    # (a vision + language one: with no model flag, inference picks classifiers only), the rest needs no repeating
+    common = ["--video_dir", frames, "--output_dir", out, "--quiet", "--use_vlm", "True"]
     with_hints = inference.main([*common, "--predictions_file", str(tmp_path / "a.json")])
     forced = inference.main([*common, "--use_text", "True", "--text_input", "what is moving?",
                              "--predictions_file", str(tmp_path / "b.json")])

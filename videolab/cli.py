@@ -12,14 +12,17 @@ errors of ``videolab.core.errors`` into one line on stderr and their exit code.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
 from videolab.core.errors import IncompleteResult, RunError, UsageError
+from videolab.core.hub import check_weights_path
+from videolab.core.inputs import set_data_folders
 from videolab.core.registry import Choices, Registry, nearest
-from videolab.core.settings import (DEFAULT_CONFIG_FILE, FIELDS, TOPIC_FIELDS, TOPICS, Settings, check_values, coerce,
-                                    field_type, load_yaml, topic_of)
+from videolab.core.settings import (DEFAULT_CONFIG_FILE, FIELDS, TOPIC_FIELDS, TOPICS, Settings, apply_overrides,
+                                    check_values, coerce, field_type, load_yaml, topic_of)
 from videolab.data.registry import DATASETS
 from videolab.data.sampling import SAMPLINGS
 from videolab.models.registry import BACKBONES, FUSIONS
@@ -88,7 +91,8 @@ def build_parser(prog: str, description: str, extra: Optional[Callable[[argparse
 
     ``--help`` lists the flags by topic (``settings.TOPICS``) in ``order``; ``notes`` adds a line under a topic's
     title (inference.py: which flags only pick a checkpoint). ``extra`` adds a script's own flags, listed first."""
-    parser = Parser(prog=prog, usage="%(prog)s [-h] [--config FILE] [--FLAG VALUE ...]  (flags by topic below)",
+    parser = Parser(prog=prog, usage="%(prog)s [-h] [--config FILE] [--FLAG VALUE ...] [section.key=VALUE ...]  "
+                                     "(flags by topic below)",
                     description=description, allow_abbrev=False,
                     argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", default=argparse.SUPPRESS,
@@ -117,14 +121,39 @@ def check_names(cfg: Settings) -> None:
         registry.check(value)
 
 
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """(the other arguments, the nested overrides (dotted key, value, as typed)) of a command line: ``key.sub=value``,
+    ``--key.sub=value`` and ``--key.sub value`` (a flag name with a dot; flat flags have none)."""
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        name = token[2:] if token.startswith("--") else token
+        key = name.split("=", 1)[0]
+        if "." not in key or (not token.startswith("--") and "=" not in token) or key.startswith("-"):
+            rest.append(token)
+        elif "=" in name:
+            overrides.append((key, name.split("=", 1)[1], token.split("=", 1)[0]))
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            overrides.append((key, argv[i + 1], token))
+            i += 1
+        else:
+            raise UsageError(f"{token} expects a value: {token} VALUE or {token}=VALUE")
+        i += 1
+    return rest, overrides
+
+
 def resolve(argv: Optional[Sequence[str]], prog: str, description: str,
             extra: Optional[Callable[[argparse.ArgumentParser], None]] = None, order: Sequence[str] = TRAINING_ORDER,
             notes: Optional[dict[str, str]] = None) -> tuple[Settings, set[str], argparse.Namespace]:
     """Parse defaults < YAML < CLI and check each value alone. Returns (settings, names the user set on the CLI,
     the raw namespace; its ``config_keys`` are the settings the YAML file set). ``order`` / ``notes``: how
-    ``--help`` lists the topics (:func:`build_parser`)."""
+    ``--help`` lists the topics (:func:`build_parser`).
+
+    Nested overrides (``lora.r=4``, ``--fusion.depth 3``, ``model.encoders.video.model_size=small``) apply over the
+    YAML like flags (``settings.apply_overrides``); the settings they set count as typed on the command line."""
     parser = build_parser(prog, description, extra, order, notes)
-    ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    ns = parser.parse_args(args)
     explicit = vars(ns).copy()
     config_path = explicit.pop("config", None)
     if config_path is None and os.path.isfile(DEFAULT_CONFIG_FILE):
@@ -133,10 +162,21 @@ def resolve(argv: Optional[Sequence[str]], prog: str, description: str,
     cli_values = {k: coerce(k, v) for k, v in explicit.items() if k in FIELDS}
     ns.config_keys, ns.config_file = set(values), config_path
     values.update(cli_values)
+    values, overridden = apply_overrides(values, overrides, set(cli_values))
     cfg = Settings(**values)
     check_values(cfg)
     check_names(cfg)
-    return cfg, set(cli_values), ns
+    check_weights_path("pretrained", cfg.pretrained)
+    check_weights_path("language_model", cfg.language_model)
+    set_data_folders(data_folders(cfg))
+    return cfg, set(cli_values) | overridden, ns
+
+
+def data_folders(cfg: Settings) -> list[str]:
+    """The folders this command reads or writes as data, never as code (``videolab.core.inputs.check_not_data``):
+    runs, checkpoints, datasets, inputs, caches, exports."""
+    return [cfg.output_dir, cfg.data_root, cfg.checkpoint, cfg.video_dir, cfg.cache_dir, cfg.export_dir,
+            cfg.split_dir]
 
 
 def run_cli(main_fn: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None) -> int:
@@ -158,4 +198,15 @@ def run_cli(main_fn: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Se
     except KeyboardInterrupt as exc:  # Ctrl-C, or train_code.TrainingInterrupted (SIGINT/SIGTERM after a save)
         print(f"{prog}: interrupted" + (f": {exc}" if str(exc) else ""), file=sys.stderr)
         return getattr(exc, "exit_code", 130)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:  # any other OSError is a bug or an unchecked input: keep the traceback
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"{prog}: stopped: the disk is full{where} ({os.strerror(exc.errno)}); every file written before "
+              f"is complete (writes are atomic). Free space or pass another --output_dir, then resume with "
+              f"--resume_from_checkpoint latest", file=sys.stderr)
+        return 1
     return 0
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # OSError numbers run_cli reports as one line (exit code 1)

@@ -30,12 +30,13 @@ temporary leftovers).
 """
 from __future__ import annotations
 
-import json
+import contextlib
+import errno
 import os
 import pickle
 import re
 import shutil
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -43,6 +44,7 @@ from safetensors.torch import load_file, save_file
 
 from videolab.core.errors import CheckpointError, RunError, UsageError
 from videolab.core.files import commit_folder, fsync_dir, new_temp_folder, write_json
+from videolab.core.inputs import inside, read_json
 from videolab.core.layout import TOKENIZER_DIR  # noqa: F401  (re-exported: checkpoint folders hold it)
 
 WEIGHTS_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "run_config.json", "training_state.pt"
@@ -99,6 +101,20 @@ def check_finite(state_dict: dict[str, torch.Tensor]) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # writing
 # ----------------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def torch_writes(folder: str) -> Iterator[None]:
+    """torch.save reports a failed write (a full disk, above all) as a RuntimeError from its C++ writer; it becomes
+    the OSError it is (run_cli prints a full disk as one line), naming the folder. Other RuntimeErrors pass."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "write failed" not in str(exc) and "No space left" not in str(exc):
+            raise
+        free = shutil.disk_usage(folder).free if os.path.isdir(folder) else 0
+        code = errno.ENOSPC if free < 64 * 1024 * 1024 else errno.EIO
+        raise OSError(code, os.strerror(code), folder) from None
+
+
 def write_checkpoint_files(tmp: str, state_dict: dict[str, torch.Tensor], run_config: dict,
                            training_state: Optional[dict] = None,
                            write_assets: Optional[Callable[[str], None]] = None) -> None:
@@ -107,7 +123,8 @@ def write_checkpoint_files(tmp: str, state_dict: dict[str, torch.Tensor], run_co
     save_file(_unshared(state_dict), os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
     write_json(os.path.join(tmp, CONFIG_FILE), run_config)
     if training_state is not None:
-        torch.save(training_state, os.path.join(tmp, STATE_FILE))
+        with torch_writes(tmp):
+            torch.save(training_state, os.path.join(tmp, STATE_FILE))
     if write_assets is not None:
         write_assets(tmp)
 
@@ -151,7 +168,8 @@ def save_resumable(accelerator, folder: str, state_dict: dict[str, torch.Tensor]
         broadcast_object_list(problem)  # ... and shared, so every process stops together
         if problem[0]:
             raise RunError(problem[0])
-        accelerator.save_state(tmp)
+        with torch_writes(tmp):
+            accelerator.save_state(tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_checkpoint_files(tmp, state_dict, run_config, training_state, write_assets)
@@ -217,11 +235,29 @@ def read_run_config(folder: str) -> dict:
                          f"pass a folder such as checkpoints/<run>/best")
     path = os.path.join(folder, CONFIG_FILE)
     try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is truncated or corrupt (not valid JSON: {str(exc)[:80]}); use another "
-                              f"checkpoint of the run") from None
+        config = read_json(path, "checkpoint file", "use another checkpoint of the run")
+    except UsageError as exc:
+        raise CheckpointError(f"{exc} (truncated or corrupt)") from None
+    check_run_config(config, path)
+    return config
+
+
+# run_config.json key -> (the type it must hold, in words); keys a run always writes
+RUN_CONFIG_KEYS = {"settings": (dict, "a mapping of settings"), "class_names": (list, "a list of class names"),
+                   "model_info": (dict, "a mapping describing the model")}
+
+
+def check_run_config(config: dict, path: str) -> None:
+    """The structure every reader of a run_config.json relies on: one line naming the file and the key."""
+    for key, (kind, words) in RUN_CONFIG_KEYS.items():
+        if not isinstance(config.get(key), kind):
+            got = "nothing" if key not in config else type(config[key]).__name__
+            raise CheckpointError(f"{path}: {key!r} must be {words}, got {got}; the file is damaged or from another "
+                                  f"program: use another checkpoint of the run")
+    if not all(isinstance(name, str) for name in config["class_names"]):
+        raise CheckpointError(f"{path}: 'class_names' must hold strings only; use another checkpoint of the run")
+    if not isinstance(config["model_info"].get("arch"), (dict, type(None))):
+        raise CheckpointError(f"{path}: model_info.arch must be a mapping; use another checkpoint of the run")
 
 
 def load_weights(folder: str) -> dict[str, torch.Tensor]:
@@ -258,6 +294,13 @@ def latest_checkpoint(run_dir: str) -> Optional[str]:
     """The run's newest resumable checkpoint: what ``last`` points to, else the newest checkpoint-<step>/."""
     link = os.path.join(run_dir, LAST_LINK)
     if is_resumable(link):
-        return os.path.join(run_dir, os.readlink(link)) if os.path.islink(link) else link
+        if not os.path.islink(link):
+            return link
+        target = os.path.join(run_dir, os.readlink(link))
+        if not inside(target, run_dir):
+            raise CheckpointError(f"{link} points to {os.path.realpath(target)}, outside its run folder; a resume "
+                                  f"writes and deletes checkpoints where it points, so it is refused: remove the link "
+                                  f"or pass a checkpoint-<step> folder of the run")
+        return target
     found = step_checkpoints(run_dir)
     return found[-1] if found else None

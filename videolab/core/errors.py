@@ -6,6 +6,7 @@ error              exit   meaning
 =================  =====  ==========================================================================
 UsageError         2      a flag, file, path or combination the user can fix; the message says how
 RunError           1      the run stopped on purpose (a non-finite loss) and says why and what to do
+OSError ENOSPC     1      the disk is full (``run_cli`` prints it as one line; every file written before is whole)
 IncompleteResult   3      the run finished and wrote its outputs, but some inputs could not be used
 =================  =====  ==========================================================================
 """

@@ -114,8 +114,24 @@ def new_temp_folder(folder: str) -> str:
     return tmp
 
 
+def ordinary_permissions(folder: str) -> None:
+    """Every file and folder under ``folder`` gets the mode of an ordinary new one (libraries such as safetensors
+    create their files owner-only)."""
+    file_mode, folder_mode = default_mode(), default_mode(folder=True)
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, file_mode)
+        for name in dirs:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), folder_mode)
+
+
 def commit_folder(tmp: str, folder: str) -> str:
-    """fsync ``tmp`` and rename it to ``folder``; an existing ``folder`` is replaced (moved aside, then removed)."""
+    """fsync ``tmp`` and rename it to ``folder``; an existing ``folder`` is replaced (moved aside, then removed).
+    Its files get ordinary permissions (``ordinary_permissions``)."""
+    ordinary_permissions(tmp)
     fsync_tree(tmp)
     old = None
     if os.path.lexists(folder):
@@ -150,3 +166,54 @@ def remove_stale_temp(folder: str) -> None:
             path = os.path.join(folder, name)
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) and not os.path.islink(path) else \
                 os.remove(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# output paths, checked before any long work
+# ----------------------------------------------------------------------------------------------------------------
+def _existing_ancestor(path: str) -> str:
+    """``path`` itself if it exists, else its nearest existing parent (the folder the writes would be created in)."""
+    current = os.path.abspath(path)
+    while not os.path.lexists(current):
+        current = os.path.dirname(current)
+    return current
+
+
+def _writable(path: str) -> bool:
+    """Writable by us and not marked read-only (a file or folder whose write bits are all off is respected even
+    by root, who os.access says may write anywhere)."""
+    return os.access(path, os.W_OK) and bool(os.stat(path).st_mode & 0o222)
+
+
+def check_output_file(path: str, flag: str, overwrite: bool = True) -> None:
+    """A file the command will write: not a folder, not read-only, inside a folder that exists or can be created
+    (no file where a folder belongs); with ``overwrite`` False, it must not exist yet. UsageError naming ``flag``."""
+    from videolab.core.errors import UsageError
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} is a folder; pass a file path (e.g. {os.path.join(path, 'out.json')})")
+    if os.path.lexists(path):
+        if not overwrite:
+            raise UsageError(f"{flag} {path!r} exists and is not replaced silently; pass another {flag} or "
+                             f"--overwrite True to replace it")
+        if not _writable(path):
+            raise UsageError(f"{flag} {path!r} is read-only; pass another {flag} or make it writable")
+        return
+    _check_creatable(os.path.dirname(os.path.abspath(path)), flag, path)
+
+
+def check_output_folder(path: str, flag: str) -> None:
+    """A folder the command will write into: not a file, writable, or creatable inside a writable folder."""
+    from videolab.core.errors import UsageError
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} is a file, not a folder; pass a folder path")
+    _check_creatable(path, flag, path)
+
+
+def _check_creatable(folder: str, flag: str, path: str) -> None:
+    from videolab.core.errors import UsageError
+    base = _existing_ancestor(folder)
+    if not os.path.isdir(base):
+        raise UsageError(f"{flag} {path!r} cannot be written: {base} is a file where a folder belongs; pass another "
+                         f"{flag}")
+    if not _writable(base):
+        raise UsageError(f"{flag} {path!r} cannot be written: the folder {base} is read-only; pass another {flag}")

@@ -18,24 +18,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-import yaml
-
-from videolab.core.errors import UsageError
+from videolab.core.errors import CheckpointError, UsageError
+from videolab.core.inputs import parse_json, parse_yaml, quote, read_yaml
 from videolab.core.registry import nearest
 
 DEFAULT_CONFIG_FILE = "config_file.yaml"
 
 
 def _opt(default, help: str, choices: Optional[Sequence[str]] = None, registry: Optional[str] = None,
-         minimum: Optional[float] = None, maximum: Optional[float] = None, group: str = "train"):
-    """A dataclass field with CLI metadata: fixed ``choices``, or the ``registry`` that owns the valid values."""
+         minimum: Optional[float] = None, maximum: Optional[float] = None, group: str = "train",
+         command_line_only: bool = False):
+    """A dataclass field with CLI metadata: fixed ``choices``, or the ``registry`` that owns the valid values.
+    ``command_line_only``: a setting that widens what code may run; only the command line (or the default) sets
+    it, never a YAML file, a checkpoint or an export (see :func:`load_yaml`, :func:`settings_from_dict`)."""
     return field(default=default, metadata=dict(help=help, choices=choices, registry=registry, minimum=minimum,
-                                                maximum=maximum, group=group))
+                                                maximum=maximum, group=group, command_line_only=command_line_only))
+
+
+# the largest integer a setting takes when its field names no maximum: every library (numpy, torch, the OS) takes
+# it, while 10**30 would overflow somewhere deep inside one of them
+MAX_INT = 2**31 - 1
 
 
 # Groups say what a setting is for. Inference rebuilds the model from the checkpoint's "model" and "data" settings;
@@ -48,15 +54,19 @@ class Settings:
     # --- model -------------------------------------------------------------------------------------------------
     vision_model: str = _opt("videomae", "vision backbone: a registry name or any timm model name",
                              registry="backbones", group=MODEL)
-    model_size: str = _opt("tiny", "architecture preset; 'base' is the published architecture",
-                           choices=("tiny", "small", "base"), group=MODEL)
+    model_size: str = _opt("tiny", "architecture preset: 'tiny' and 'small' are REDUCED copies for CPU tests "
+                           "(VideoMAE tiny: 96 wide x 3 layers, 0.4 M; swin_tiny_patch4_window7_224 tiny: 0.3 M, not "
+                           "Swin-T's 28 M); 'base' is the published / named architecture (the banner says what was "
+                           "built)", choices=("tiny", "small", "base"), group=MODEL)
     pretrained: Optional[str] = _opt(None, "Hub id or local folder with pretrained weights; none = random init",
                                      group=MODEL)
     fusion: str = _opt("transformer", "temporal fusion after a per-frame (timm) backbone: transformer, mamba "
                        "(Mamba-1), mamba2 (Mamba-2, SSD) or 'mean' = frame averaging", registry="fusions", group=MODEL)
     fusion_depth: int = _opt(2, "fusion layers", minimum=1, group=MODEL)
     fusion_n_heads: int = _opt(4, "attention heads in the fusion layers", minimum=1, group=MODEL)
-    fusion_dim: int = _opt(0, "fusion width; 0 = the backbone's feature width", minimum=0, group=MODEL)
+    fusion_dim: Optional[int] = _opt(None, "fusion width; none = the backbone's feature width up to 128 (Swin-T + "
+                                     "fusion: OmniQ's 28 M), 0 = the backbone's feature width", minimum=0,
+                                     group=MODEL)
     fusion_dropout: float = _opt(0.1, "dropout inside the fusion layers", minimum=0.0, maximum=1.0, group=MODEL)
     fusion_d_state: int = _opt(16, "Mamba fusion: state size per channel", minimum=1, group=MODEL)
     fusion_d_conv: int = _opt(4, "Mamba fusion: causal depthwise convolution width", minimum=1, group=MODEL)
@@ -147,11 +157,15 @@ class Settings:
     gradient_accumulation_steps: int = _opt(1, "batches per optimizer step", minimum=1)
     mixed_precision: str = _opt("no", "autocast dtype: no, bf16 (CPU and recent GPUs) or fp16 (GPU, scaled)",
                                 choices=("no", "bf16", "fp16"), group=RUNTIME)
-    seed: int = _opt(0, "seed for data order, init and augmentation", minimum=0, group=RUNTIME)
+    seed: int = _opt(0, "seed for data order, init and augmentation", minimum=0, maximum=2**32 - 1, group=RUNTIME)
     num_workers: int = _opt(0, "DataLoader worker processes", minimum=0, group=RUNTIME)
     device: str = _opt("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"), group=RUNTIME)
     output_dir: str = _opt("checkpoints", "where runs are written: <output_dir>/<run_name>/", group=RUNTIME)
-    run_name: Optional[str] = _opt(None, "run folder name; default: <vision_model>-<fusion>-<time>", group=RUNTIME)
+    run_name: Optional[str] = _opt(None, "run folder name (one folder name inside --output_dir); default: "
+                                   "<vision_model>-<fusion>-<time>", group=RUNTIME)
+    overwrite: bool = _opt(False, "replace an existing run folder of --run_name (its checkpoints, best/ and reports "
+                           "are deleted first) or an existing --predictions_file; default: refuse and say so",
+                           group=RUNTIME)
     resume_from_checkpoint: Optional[str] = _opt(None, "continue a run exactly: a checkpoint folder "
                                                  "(<run>/checkpoint-<step>, <run>/last), or 'latest' (the newest "
                                                  "checkpoint of --run_name, else of the newest run in --output_dir)")
@@ -215,7 +229,9 @@ class Settings:
                                        "(a model: section in the settings YAML does the same; see README)",
                                        group=MODEL)
     allowed_target_prefixes: str = _opt("compose,audio,fusion", "module prefixes a model section's _target_ may "
-                                        "name (comma-separated); anything else is refused", group=RUNTIME)
+                                        "name (comma-separated); anything else is refused. Command line only: a "
+                                        "YAML file, checkpoint or export never sets it", group=RUNTIME,
+                                        command_line_only=True)
     fusion_bottleneck_tokens: int = _opt(4, "bottleneck fusion: shared tokens between the modalities", minimum=1,
                                          group=MODEL)
     fusion_bottleneck_layer: int = _opt(0, "bottleneck fusion: first layer that writes to the bottleneck (earlier "
@@ -263,6 +279,45 @@ class Settings:
     label_fraction: float = _opt(1.0, "share of every class of the train split used (stratified, seeded; the "
                                  "validation split is held out of it): a small label budget", minimum=0.001,
                                  maximum=1.0, group=DATA)
+    # --- training recipes: augmentation, EMA, layer-wise lr decay, stochastic depth, LoRA variants (issue 22) ----
+    mixup_alpha: float = _opt(0.0, "Mixup (timm.data.Mixup): Beta(alpha, alpha) mixing of two clips and their "
+                              "labels, soft-target loss; 0 = off (also off, with a note, for datasets whose labels "
+                              "tell left from right or forwards from backwards, such as the synthetic one)",
+                              minimum=0.0)
+    cutmix_alpha: float = _opt(0.0, "CutMix (timm.data.Mixup): one box pasted from another clip, the same box in "
+                               "every frame, labels mixed by its area; 0 = off (also off for the datasets "
+                               "--mixup_alpha names)", minimum=0.0)
+    mixup_prob: float = _opt(1.0, "--mixup_alpha / --cutmix_alpha: share of the batches mixed", minimum=0.0,
+                             maximum=1.0)
+    mixup_switch_prob: float = _opt(0.5, "both --mixup_alpha and --cutmix_alpha: share of the mixed batches that use "
+                                    "CutMix", minimum=0.0, maximum=1.0)
+    rand_augment: Optional[str] = _opt(None, "RandAugment on training clips (torchvision.transforms.v2), the same "
+                                       "operations and magnitudes on every frame: 'N,M' = N operations of magnitude "
+                                       "M (0-30), e.g. 2,9; none = off (also off for the datasets --mixup_alpha "
+                                       "names)", group=DATA)
+    model_ema: bool = _opt(False, "keep an exponential moving average of the weights (timm.utils.ModelEmaV3); "
+                           "validation, best/ and the test use the averaged weights")
+    model_ema_decay: float = _opt(0.9998, "--model_ema: decay per optimizer step (ema = decay * ema + (1 - decay) * "
+                                  "weights)", minimum=0.0, maximum=1.0)
+    model_ema_warmup: bool = _opt(False, "--model_ema: ramp the decay up from 0 (1 - (1 + step) ** -0.75, capped at "
+                                  "--model_ema_decay): for short runs, where a fixed 0.9998 would average in the "
+                                  "initial weights")
+    layer_decay: float = _opt(1.0, "layer-wise lr decay of a ViT-style backbone (VideoMAE, TimeSformer, timm ViT / "
+                              "Swin): block i of L trains at lr * decay ** (L + 1 - i), the embeddings at "
+                              "lr * decay ** (L + 1), fusion and head at lr; 1 = off", minimum=0.01, maximum=1.0)
+    drop_path_rate: float = _opt(0.0, "stochastic depth of the backbone (TimeSformer, timm models), rising linearly "
+                                 "to this rate in the last block; 0 = off", minimum=0.0, maximum=0.9, group=MODEL)
+    lora_use_rslora: bool = _opt(False, "rank-stabilised LoRA (peft use_rslora): scale alpha / sqrt(r) instead of "
+                                 "alpha / r", group=MODEL)
+    lora_bias: str = _opt("none", "LoRA: which biases train besides the adapters (peft bias): none, all, or "
+                          "lora_only", choices=("none", "all", "lora_only"), group=MODEL)
+    lora_exclude_modules: Optional[str] = _opt(None, "LoRA: comma-separated module names (or suffixes) left without "
+                                               "adapters even where --lora_target_modules matches (peft "
+                                               "exclude_modules)", group=MODEL)
+    max_eval_samples: int = _opt(0, "--dataset qa_json: evaluate on the first N validation and test records only (a "
+                                 "quick check); 0 = all", minimum=0, group=RUNTIME)
+    skip_list: Optional[str] = _opt(None, "ucf101 / videofolder: a skip list written by apps/check_videos.py; the "
+                                    "videos it names are left out of every split", group=DATA)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -283,7 +338,8 @@ TOPIC_FIELDS = {
     "inference": ("video_dir", "checkpoint", "top_k", "text_input", "num_beams", "max_new_tokens",
                   "no_repeat_ngram_size", "repetition_penalty", "test_clips", "test_crops", "eval_only", "device",
                   "batch_size", "num_workers"),
-    "output": ("output_dir", "run_name", "predictions_file", "summary_csv", "report_to", "export_dir", "merge_lora",
+    "output": ("output_dir", "run_name", "overwrite", "predictions_file", "summary_csv", "report_to", "export_dir",
+               "merge_lora",
                "speed_repeats", "save_steps", "save_total_limit", "quiet"),
 }
 _TOPIC_OF_GROUP = {MODEL: "model", DATA: "data", TRAIN: "training", RUNTIME: "training"}
@@ -336,36 +392,50 @@ def coerce(name: str, value: Any) -> Any:
         if kind == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            if isinstance(value, str) and "e" in value.lower():  # 1e5; never 2.5e0 cut to 2
+                number = float(value)
+                if not number.is_integer():
+                    raise ValueError
+                return int(number)
+            return int(value)
         if kind == "float":
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--{name} expects {'an integer' if kind == 'int' else 'a number'}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"--{name} expects {'an integer' if kind == 'int' else 'a finite number'}, got "
+                         f"{quote(value)}") from None
     if isinstance(value, (dict, list)):
-        raise UsageError(f"--{name} expects a single value, got {value!r}")
+        raise UsageError(f"--{name} expects a single value, got {quote(value)}")
     return str(value)
 
 
 def check_values(cfg: Settings) -> None:
     """Each value alone: fixed choices and ranges. Raises UsageError naming the flag and the fix; changes nothing.
     Registry-backed values are checked by their registry (``videolab.cli.check_names``)."""
-    for name, f in FIELDS.items():
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        choices = f.metadata.get("choices")
-        if choices is not None and value not in choices:
-            raise UsageError(f"--{name} {value!r} is not valid{nearest(str(value), choices)}; "
-                             f"choose one of: {', '.join(choices)}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"--{name} must be a finite number, got {value}")
-        lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum")
-        if lo is not None and value < lo:
-            raise UsageError(f"--{name} must be >= {lo}, got {value}")
-        if hi is not None and value > hi:
-            raise UsageError(f"--{name} must be <= {hi}, got {value}")
+    for name in FIELDS:
+        check_value(name, getattr(cfg, name))
+
+
+def check_value(name: str, value: Any, label: Optional[str] = None) -> None:
+    """One value of field ``name``: finite, in the field's range (an integer without a maximum: at most MAX_INT),
+    one of its fixed choices. ``label`` names where it came from in the message (default ``--name``)."""
+    f, label = FIELDS[name], label or f"--{name}"
+    if value is None:
+        return
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise UsageError(f"{label} {quote(value)} is not valid{nearest(str(value)[:100], choices)}; "
+                         f"choose one of: {', '.join(choices)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{label} must be a finite number, got {value}")
+    lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum")
+    if hi is None and isinstance(value, int) and not isinstance(value, bool):
+        hi = MAX_INT
+    if lo is not None and value < lo:
+        raise UsageError(f"{label} must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise UsageError(f"{label} must be <= {hi}, got {value}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -385,29 +455,135 @@ def flatten_yaml(data: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def load_yaml(path: str) -> dict[str, Any]:
-    """Read a settings YAML (safe loader) into flat, type-checked {field: value}."""
-    if not os.path.isfile(path):
-        raise UsageError(f"config file {path!r} not found; pass an existing file with --config")
-    try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
-    except yaml.YAMLError as exc:
-        raise UsageError(f"config file {path!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"config file {path!r} must hold a mapping of settings, got {type(data).__name__}")
+    """Read a settings YAML (safe, size- and alias-limited: ``inputs.read_yaml``) into flat, type-checked
+    {field: value}. A command-line-only setting (``allowed_target_prefixes``) is refused unless it holds the
+    default."""
+    data = read_yaml(path, "config file", "pass a UTF-8 YAML file of settings with --config (see config_file.yaml)")
     values = {}
-    if isinstance(data.get("model"), dict):  # a model: section declares a composed model (models/compose.py)
-        values["model_config"] = json.dumps(data.pop("model"))
+    if "model" in data:  # a model: section declares a composed model (models/compose.py)
+        section = data.pop("model")
+        if not isinstance(section, dict):
+            raise UsageError(f"the model: section of {path} must be a mapping (encoders, fusion, head), got "
+                             f"{type(section).__name__} {quote(section, 40)}")
+        values["model_config"] = json.dumps(section, default=str)
     for key, value in flatten_yaml(data).items():
         if key not in FIELDS:
-            raise UsageError(f"unknown key {key!r} in {path}{nearest(key, list(FIELDS))} (valid keys: see --help)")
+            raise UsageError(f"unknown key {quote(key, 60)} in {path}{nearest(key[:100], list(FIELDS))} (valid keys: "
+                             f"see --help)")
         values[key] = coerce(key, value)
+        if FIELDS[key].metadata.get("command_line_only") and values[key] != FIELDS[key].default:
+            raise UsageError(f"{key} in {path} is refused: it decides what code a model section may import, so only "
+                             f"the command line sets it (--{key} ...)")
     return values
 
 
-def settings_from_dict(data: dict[str, Any]) -> Settings:
-    """Rebuild Settings saved in a checkpoint; keys this version does not know are dropped."""
-    return Settings(**{k: v for k, v in data.items() if k in FIELDS})
+def read_model_section(text: Optional[str]) -> Optional[dict]:
+    """The ``model:`` section ``--model_config`` holds: a YAML file (a ``model:`` key or the bare section), or the
+    inline section a settings YAML (or a nested override) carried as JSON; None when there is none. Read with the
+    limits of ``videolab.core.inputs`` (size, aliases, encoding)."""
+    if not text:
+        return None
+    if text.lstrip().startswith("{"):
+        return parse_json(text, "the model section")
+    data = read_yaml(text, "--model_config", "pass a UTF-8 YAML file with a model: section", expect=None)
+    if isinstance(data, dict) and "model" in data:
+        extra = sorted(str(k) for k in set(data) - {"model"})
+        if extra:
+            raise UsageError(f"--model_config {text!r} may only hold a model: section, found {extra[:5]}; settings go "
+                             f"in --config")
+        data = data["model"]
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# nested overrides: key.sub=value, --key.sub value
+# ----------------------------------------------------------------------------------------------------------------
+MODEL_SECTION = "model"
+
+
+def set_nested(section: dict, path: Sequence[str], value: Any, spelled: str) -> dict:
+    """A copy of ``section`` with ``section[path[0]][path[1]]... = value`` (missing sections are created)."""
+    out = json.loads(json.dumps(section))
+    node = out
+    for i, key in enumerate(path[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            where = ".".join([MODEL_SECTION, *path[:i + 1]])
+            raise UsageError(f"{spelled}: {where} is {child!r}, not a section; override {where} itself, or write "
+                             f"it as a section in the YAML file")
+        node = child
+    node[path[-1]] = value
+    return out
+
+
+def nested_field(dotted: str) -> str:
+    """``lora.r`` -> ``lora_r``, ``fusion.type`` -> ``fusion`` (the YAML sections' shorthand, :func:`flatten_yaml`)."""
+    parts = dotted.split(".")
+    data: Any = "x"
+    for key in reversed(parts):
+        data = {key: data}
+    return next(iter(flatten_yaml(data)))
+
+
+def apply_overrides(values: dict[str, Any], overrides: Sequence[tuple[str, str, str]], flat_flags: set[str]
+                    ) -> tuple[dict[str, Any], set[str]]:
+    """Nested overrides on the settings read so far. ``overrides``: (dotted key, value text, as typed); the model
+    section's keys (``model.encoders.video.model_size=small``) change the ``model:`` section (a YAML value:
+    numbers, booleans, lists), every other dotted key names a setting through its section (``lora.r=4`` is
+    ``lora_r``). Returns (the new values, the settings set). A setting given twice, or both as a flag and as an
+    override, is refused like a flag given twice; unknown keys and bad values get the flags' errors."""
+    values, set_here = dict(values), {}
+    for dotted, text, spelled in overrides:
+        parts = dotted.split(".")
+        if any(not p for p in parts):
+            raise UsageError(f"{spelled}: empty key in {dotted!r}; write section.key=value, e.g. lora.r=8")
+        if parts[0] == MODEL_SECTION:
+            if len(parts) < 2:
+                raise UsageError(f"{spelled}: name a key of the model section, e.g. model.fusion.dim=128")
+            section = read_model_section(values.get("model_config"))
+            if section is None:
+                raise UsageError(f"{spelled} overrides the model: section, and this run has none; give one with "
+                                 f"--model_config FILE or a model: section in --config")
+            if dotted in set_here:
+                raise UsageError(f"{spelled} and {set_here[dotted]} set the same key; give it once")
+            try:
+                value = parse_yaml(text, spelled) if text.strip() else ""
+            except UsageError:  # not YAML (an unbalanced quote ...): the text as it is
+                value = text
+            values["model_config"] = json.dumps(set_nested(section, parts[1:], value, spelled))
+            set_here[dotted] = spelled
+            continue
+        name = nested_field(dotted)
+        if name not in FIELDS:
+            known = [k for k in FIELDS]
+            raise UsageError(f"unknown setting {spelled} (no setting {name!r}){nearest(name, known)} (see --help)")
+        if name in flat_flags or name in set_here:
+            other = f"--{name}" if name in flat_flags else set_here[name]
+            raise UsageError(f"{spelled} and {other} set the same setting ({name}); give it once")
+        try:
+            values[name] = coerce(name, text)
+        except UsageError as exc:
+            raise UsageError(str(exc).replace(f"--{name} ", f"{spelled} (--{name}) ", 1)) from None
+        set_here[name] = spelled
+    return values, {k if k in FIELDS else "model_config" for k in set_here}
+
+
+def settings_from_dict(data: dict[str, Any], source: str = "the checkpoint") -> Settings:
+    """Rebuild Settings saved in a checkpoint; keys this version does not know are dropped, and so are the
+    command-line-only ones (a checkpoint or export never widens what code may run: they hold the default until the
+    command line sets them, see :func:`merge_with_checkpoint`). Every value is type- and range-checked: a damaged
+    or hand-edited file (``source`` names it) is a CheckpointError, not a crash later."""
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source}: the saved settings must be a mapping, got {type(data).__name__}; use "
+                              f"another checkpoint")
+    try:
+        cfg = Settings(**{k: coerce(k, v) for k, v in data.items() if k in FIELDS
+                          and not FIELDS[k].metadata["command_line_only"]})
+        check_values(cfg)
+    except UsageError as exc:
+        raise CheckpointError(f"{source} holds a setting this version cannot use ({exc}); use another checkpoint "
+                              f"or retrain") from None
+    return cfg
 
 
 def merge_with_checkpoint(saved: Settings, cli: Settings, explicit: set[str], folder: str) -> Settings:
@@ -423,4 +599,8 @@ def merge_with_checkpoint(saved: Settings, cli: Settings, explicit: set[str], fo
             merged[key] = value
         else:
             print(f"note: --{key} is a training flag and has no effect on a trained checkpoint", file=sys.stderr)
-    return settings_from_dict(merged)
+    cfg = settings_from_dict(merged, folder)
+    for key, f in FIELDS.items():  # the command line's (or the default), never the checkpoint's
+        if f.metadata["command_line_only"]:
+            setattr(cfg, key, getattr(cli, key))
+    return cfg

@@ -3,7 +3,6 @@
 ``captions.json`` ({video_name: value})."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Callable, Optional, Sequence
@@ -12,7 +11,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from videolab.core.errors import UsageError
 from videolab.core.files import atomic_file, write_json
+from videolab.core.inputs import quote, read_json
 from videolab.data.clips import BadVideoLog, ClipDataset, natural_key
 from videolab.data.sampling import make_clip_spec
 from videolab.data.synthetic import read_annotations
@@ -43,19 +44,59 @@ def find_frame_folders(video_dir: str) -> list[str]:
     return folders
 
 
+MAX_FRAME_PIXELS = 8192 * 8192  # a frame larger than this (a decompression bomb) is refused, not decoded
+
+
+def read_image(path: str) -> torch.Tensor:
+    """One frame image -> uint8 [3, H, W]. 16-bit images (PNG ``I;16``, 32-bit ``I``, float ``F``) are scaled to
+    8 bits from their own range (not clipped: a 16-bit frame would read as all white); a frame above
+    MAX_FRAME_PIXELS (PIL's decompression-bomb check, made an error) and an unreadable one are VideoErrors."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = MAX_FRAME_PIXELS
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return _to_rgb8(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise VideoError(f"{path}: refused, the image is too large to decode ({str(exc)[:100]}); frames may hold "
+                         f"at most {MAX_FRAME_PIXELS:,} pixels") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise VideoError(f"{path}: cannot read the frame ({str(exc)[:100]})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _to_rgb8(img) -> torch.Tensor:
+    """A PIL image -> uint8 [3, H, W]; high-bit-depth single-channel modes are scaled by their type's range."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(img).astype(np.float64)
+        if not np.isfinite(array).all():
+            raise ValueError("the frame holds NaN/inf values")
+        high = float(array.max()) if array.size else 0.0
+        if array.size and float(array.min()) < 0:
+            raise ValueError(f"the {img.mode} frame holds negative values")
+        # the range of the type: 16-bit PNG 0..65535; 32-bit int / float: the smallest of 1, 255, 65535 that holds it
+        full = 65535.0 if img.mode.startswith("I;16") else next(
+            (r for r in ((1.0,) if img.mode == "F" else ()) + (255.0, 65535.0) if high <= r), high or 1.0)
+        gray = np.clip(np.round(array / full * 255.0), 0, 255).astype(np.uint8)  # [H, W]
+        return torch.from_numpy(gray).unsqueeze(0).expand(3, -1, -1).contiguous()
+    return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+
+
 def read_frames(folder: str, indices: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Images of one frame folder (natural order) -> uint8 [T, 3, H, W]; only ``indices`` are read if given
     (each image once, even when an index repeats). An unreadable image raises VideoError."""
-    from PIL import Image, UnidentifiedImageError
     files = _image_files(folder)
     indices = list(range(len(files))) if indices is None else list(indices)
     frames = {}
     for i in sorted(set(indices)):
-        try:
-            with Image.open(os.path.join(folder, files[i])) as img:
-                frames[i] = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise VideoError(f"{folder}: cannot read frame {files[i]} ({exc})") from None
+        frames[i] = read_image(os.path.join(folder, files[i]))
+    if not frames:
+        raise VideoError(f"{folder}: no frames to read")
     sizes = {tuple(f.shape) for f in frames.values()}
     if len(sizes) > 1:
         raise VideoError(f"{folder}: frames differ in size {sorted(sizes)}; all frames of a video must match")
@@ -67,8 +108,13 @@ def read_frame_labels(video_dir: str, filename: str = FRAME_LABELS_FILE) -> dict
     path = os.path.join(video_dir, filename) if os.path.isdir(video_dir) else ""
     if not os.path.isfile(path):
         return {}
-    with open(path) as fh:
-        return json.load(fh)
+    fix = "it must map video names to strings, e.g. {\"video_1\": \"...\"}"
+    table = read_json(path, "side file", fix)
+    bad = [k for k, v in table.items() if not isinstance(v, str)]
+    if bad:
+        raise UsageError(f"{path}: the value of {quote(bad[0], 40)} is {type(table[bad[0]]).__name__}, not a string; "
+                         f"{fix}")
+    return table
 
 
 class SideFiles:

@@ -20,6 +20,19 @@ line). Two record formats are accepted:
    chat template adds its own). The question is the last user turn before the last assistant turn, the answer that
    assistant turn; exactly one video per record.
 
+3. a WebVid-style CSV (``train.csv`` ...), one clip and its caption a row: the video in a ``video`` / ``path`` /
+   ``videoid`` / ``video_id`` column (a path, or an id found as ``<id>.<ext>`` beside the CSV, in ``videos/`` or
+   in its ``page_dir`` folder, as WebVid downloads are laid out), the caption in ``caption`` / ``name`` (WebVid's)
+   / ``answer``, an optional ``question`` column (default "Describe the video.").
+
+Or a LLaMA-Factory dataset description: ``<data_root>/dataset_info.json`` whose entries named ``train`` / ``val`` /
+``test`` (or ending in ``_train``, ``_val``, ``_test``) give ``file_name``, ``formatting`` (``sharegpt``, the
+default, or ``alpaca``), ``columns`` (messages / videos; prompt / query / response) and ``tags`` (role_tag,
+content_tag, user_tag, assistant_tag), with LLaMA-Factory's defaults (``conversations``, ``from`` / ``value``,
+``human`` / ``gpt``; ``instruction`` / ``input`` / ``output``).
+
+``--max_eval_samples N`` evaluates on the first N validation and test records only (a quick check).
+
 Video paths are relative to the JSON file's folder (or absolute): a video file (read with PyAV, see video_io.py),
 a folder of frame images, or a ``.pt`` uint8 tensor [T, C, H, W] (what the synthetic dataset holds).
 ``--num_frames`` frames are sampled evenly (``--sampling uniform``). A record that breaks these rules stops the run
@@ -108,19 +121,31 @@ def parse_record(record, where: str) -> tuple[str, str, str]:
     return video, VIDEO_PLACEHOLDER.sub("", question).strip(), answer.strip()
 
 
-def read_records(path: str) -> list[QARecord]:
-    """A JSON list (or JSON Lines) of records -> QARecords with absolute video paths. Raises UsageError."""
+def read_json_records(path: str) -> list:
+    """A JSON list (or JSON Lines) of records, as written."""
     with open(path, encoding="utf-8-sig") as fh:
         text = fh.read()
     try:
         data = json.loads(text)
-        data = data if isinstance(data, list) else [data]
+        return data if isinstance(data, list) else [data]
     except json.JSONDecodeError:
         try:
-            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as exc:
             raise UsageError(f"{path} is neither a JSON list nor JSON Lines ({exc}); see videolab/data/qa.py for the "
                              f"format") from None
+
+
+def read_records(path: str, entry: Optional[dict] = None) -> list[QARecord]:
+    """A JSON list (or JSON Lines, or a WebVid-style CSV) of records -> QARecords with absolute video paths;
+    ``entry``: the LLaMA-Factory dataset_info.json entry the file belongs to. Raises UsageError."""
+    if path.lower().endswith(".csv"):
+        data = read_csv_records(path)
+    else:
+        data = read_json_records(path)
+        if entry is not None:
+            data = [from_dataset_info(entry, r, f"{path} record {n}") if isinstance(r, dict) else r
+                    for n, r in enumerate(data)]
     base = os.path.dirname(os.path.abspath(path))
     records = []
     for n, record in enumerate(data):
@@ -136,12 +161,94 @@ def read_records(path: str) -> list[QARecord]:
     return records
 
 
+CSV_VIDEO_COLUMNS = ("video", "path", "videoid", "video_id")
+CSV_CAPTION_COLUMNS = ("caption", "name", "answer")
+
+
+def _csv_video(row: dict, column: str, base: str) -> str:
+    """The video file of a CSV row: a path (relative to the CSV's folder), or a WebVid id looked up as
+    ``<id>.<ext>`` beside the CSV, in ``videos/`` and in ``<page_dir>/`` (the first that exists; else the path)."""
+    value = row[column].strip()
+    if os.path.exists(value if os.path.isabs(value) else os.path.join(base, value)):
+        return value
+    folders = [base, os.path.join(base, "videos")] + ([os.path.join(base, row["page_dir"].strip()),
+                                                       os.path.join(base, "videos", row["page_dir"].strip())]
+                                                      if row.get("page_dir") else [])
+    for folder in folders:
+        for ext in (".mp4", ".webm", ".mkv", ".avi", ".mov"):
+            if os.path.isfile(os.path.join(folder, value + ext)):
+                return os.path.join(folder, value + ext)
+    return value
+
+
+def read_csv_records(path: str) -> list[dict]:
+    """A WebVid-style CSV -> plain records {id, video, question, answer}. Raises UsageError naming the fix."""
+    import csv
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    header = list(rows[0]) if rows else []
+    video_col = next((c for c in CSV_VIDEO_COLUMNS if c in header), None)
+    caption_col = next((c for c in CSV_CAPTION_COLUMNS if c in header), None)
+    if video_col is None or caption_col is None:
+        raise UsageError(f"{path}: expected a video column ({' / '.join(CSV_VIDEO_COLUMNS)}) and a caption column "
+                         f"({' / '.join(CSV_CAPTION_COLUMNS)}), got {header}")
+    base = os.path.dirname(os.path.abspath(path))
+    return [dict(id=row[video_col].strip(), video=_csv_video(row, video_col, base),
+                 question=(row.get("question") or "").strip(), answer=row[caption_col]) for row in rows]
+
+
+# LLaMA-Factory's dataset_info.json defaults (data/README.md there): sharegpt and alpaca columns, sharegpt tags
+SHAREGPT_COLUMNS = dict(messages="conversations", videos="videos")
+SHAREGPT_TAGS = dict(role_tag="from", content_tag="value", user_tag="human", assistant_tag="gpt")
+ALPACA_COLUMNS = dict(prompt="instruction", query="input", response="output", videos="videos")
+DATASET_INFO = "dataset_info.json"
+
+
+def dataset_info_entry(root: str, split: str) -> Optional[dict]:
+    """The dataset_info.json entry of a split (named ``split`` or ending in ``_split``), or None."""
+    path = os.path.join(root, DATASET_INFO)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        try:
+            info = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    names = [n for n in info if n == split or n.endswith((f"_{split}", f"-{split}"))]
+    if len(names) > 1:
+        raise UsageError(f"{path}: several entries for the {split} split ({', '.join(names)}); keep one")
+    return dict(info[names[0]], name=names[0]) if names else None
+
+
+def from_dataset_info(entry: dict, record: dict, where: str) -> dict:
+    """One record of a LLaMA-Factory dataset -> this module's chat format (messages with role / content)."""
+    columns = entry.get("columns") or {}
+    if entry.get("formatting", "sharegpt") == "alpaca":
+        col = {**ALPACA_COLUMNS, **columns}
+        prompt = " ".join(str(record.get(col[k]) or "") for k in ("prompt", "query")).strip()
+        return dict(messages=[dict(role="user", content=prompt),
+                              dict(role="assistant", content=record.get(col["response"], ""))],
+                    videos=record.get(col["videos"]))
+    col, tags = {**SHAREGPT_COLUMNS, **columns}, {**SHAREGPT_TAGS, **(entry.get("tags") or {})}
+    roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant"}
+    turns = record.get(col["messages"])
+    if not isinstance(turns, list):
+        raise UsageError(f"{where}: no {col['messages']!r} list (the entry's columns.messages); check "
+                         f"{DATASET_INFO}")
+    messages = [dict(role=roles.get(t.get(tags["role_tag"]), t.get(tags["role_tag"])),
+                     content=t.get(tags["content_tag"], "")) for t in turns if isinstance(t, dict)]
+    return dict(messages=messages, videos=record.get(col["videos"]))
+
+
 def split_path(root: str, split: str) -> Optional[str]:
-    for ext in (".json", ".jsonl"):
+    """The records file of a split: ``<split>.json`` / ``.jsonl`` / ``.csv``, else the file a LLaMA-Factory
+    ``dataset_info.json`` entry names."""
+    for ext in (".json", ".jsonl", ".csv"):
         path = os.path.join(root, split + ext)
         if os.path.isfile(path):
             return path
-    return None
+    entry = dataset_info_entry(root, split)
+    return os.path.join(root, entry["file_name"]) if entry and "file_name" in entry else None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -194,7 +301,8 @@ def load_video(path: str, pick: Callable[[int], list[int]], image_size: int) -> 
 def _root(cfg) -> str:
     if not os.path.isdir(cfg.data_root) or split_path(cfg.data_root, "train") is None:
         raise UsageError(f"--dataset qa_json: --data_root {cfg.data_root!r} must be a folder with train.json and "
-                         f"test.json (see videolab/data/qa.py for the record format; python apps/make_qa_dataset.py "
+                         f"test.json (or .jsonl, .csv, or a LLaMA-Factory dataset_info.json; see "
+                         f"videolab/data/qa.py for the record formats; python apps/make_qa_dataset.py "
                          f"--synthetic_root ... --out ... writes one)")
     if split_path(cfg.data_root, "test") is None:
         raise UsageError(f"--dataset qa_json: {cfg.data_root!r} has no test.json; add the records to evaluate on")
@@ -207,9 +315,21 @@ def class_names(cfg) -> list[str]:
     return []
 
 
+def split_records(root: str, split: str) -> Optional[list[QARecord]]:
+    """The records of a split, from whichever file holds them (None: the split has none)."""
+    path = split_path(root, split)
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise UsageError(f"{os.path.join(root, DATASET_INFO)}: the {split} entry's file_name {path!r} does not "
+                         f"exist")
+    own = any(os.path.isfile(os.path.join(root, split + ext)) for ext in (".json", ".jsonl", ".csv"))
+    return read_records(path, None if own else dataset_info_entry(root, split))
+
+
 def training_texts(cfg) -> list[str]:
     """Answers and questions of the training records (the offline tokenizer is trained on them)."""
-    records = read_records(split_path(_root(cfg), "train"))
+    records = split_records(_root(cfg), "train")
     return [r.answer for r in records] + [r.question for r in records if r.question]
 
 
@@ -217,11 +337,14 @@ def build(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) 
     """train / val / test QAVideoDatasets (no flips or random crops unless asked for: answers say left and
     right, which the registry's ``mirror_classes`` tells ``VLoader.clip_spec``)."""
     root = _root(cfg)
-    lists = {split: read_records(split_path(root, split)) for split in SPLIT_FILES if split_path(root, split)}
+    lists = {split: split_records(root, split) for split in SPLIT_FILES if split_path(root, split)}
     if "val" not in lists and cfg.val_fraction > 0:
         train = lists["train"]
         kept, held = stratified_split([0] * len(train), cfg.val_fraction, cfg.seed)
         lists["train"], lists["val"] = [train[i] for i in kept], [train[i] for i in held]
+    limit = getattr(cfg, "max_eval_samples", 0)
+    if limit:  # a quick check: the first records of the evaluated splits
+        lists.update({split: lists[split][:limit] for split in ("val", "test") if lists.get(split)})
 
     def dataset(split: str, spec, policy: str) -> Optional[QAVideoDataset]:
         if split not in parts or not lists.get(split):

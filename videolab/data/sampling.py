@@ -23,7 +23,7 @@ repeat across workers).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import Optional, Sequence
 
 from videolab.core.registry import Registry
 
@@ -92,6 +92,7 @@ class ClipSpec:
     random_crop: bool = False
     crop_scale_min: float = 0.25
     flip: bool = False
+    rand_augment: Optional[tuple] = None  # (operations, magnitude) of RandAugment on training clips
 
     def __post_init__(self):
         if self.sampling not in SAMPLINGS:

@@ -42,8 +42,10 @@ from tqdm.auto import tqdm
 
 from videolab.core.errors import UsageError
 from videolab.core.files import atomic_file, write_json, write_text
+from videolab.core.inputs import parse_json, quote, read_json, read_text
 from videolab.data.clips import BadVideoLog, ClipDataset, DataBundle, DatasetSource, label_budget, stratified_split
 from videolab.data.sampling import ClipSpec, make_clip_spec, spec_options
+from videolab.data.video_io import VideoError
 
 CLASS_NAMES = ("move_right", "move_left", "move_down", "move_up", "rotate_clockwise", "rotate_counterclockwise",
                "grow", "shrink")
@@ -239,8 +241,17 @@ def read_annotations(root: str, split: str) -> list[dict]:
     path = os.path.join(root, split, "annotations.jsonl")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found; generate the dataset with: python dummy_data.py --root {root}")
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    fix = f"regenerate the dataset (delete {root} and run python dummy_data.py --root {root})"
+    records = []
+    for number, line in enumerate(read_text(path, "annotations file", fix).splitlines(), 1):
+        if line.strip():
+            record = parse_json(line, f"{path} line {number}")
+            if not isinstance(record, dict) or not isinstance(record.get("path"), str) or \
+                    not isinstance(record.get("label"), int) or isinstance(record.get("label"), bool):
+                raise UsageError(f"{path} line {number}: expected a record with a path (string) and a label "
+                                 f"(integer), got {quote(record, 60)}; {fix}")
+            records.append(record)
+    return records
 
 
 def read_dataset_meta(root: str) -> dict:
@@ -248,12 +259,59 @@ def read_dataset_meta(root: str) -> dict:
     path = os.path.join(root, "classes.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found; generate the dataset with: python dummy_data.py --root {root}")
-    with open(path) as fh:
-        return json.load(fh)
+    meta = read_json(path, "dataset file", f"regenerate the dataset: python dummy_data.py --root {root}")
+    names = meta.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise UsageError(f"{path}: class_names must be a non-empty list of strings, got {quote(names, 60)}; "
+                         f"regenerate the dataset: python dummy_data.py --root {root}")
+    return meta
 
 
 def read_class_names(root: str) -> list[str]:
     return read_dataset_meta(root)["class_names"]
+
+
+def load_clip_file(path: str) -> object:
+    """A clip file's content (torch.load, weights_only: tensors only, never code); a missing, empty, truncated or
+    unsafe file is a VideoError (the bad-video policy skips it in training and lists it in evaluation)."""
+    import pickle
+    if not os.path.isfile(path):
+        raise VideoError(f"{path}: file not found")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: empty file")
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        detail = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
+        raise VideoError(f"{path}: not a readable clip file ({detail})") from None
+
+
+def as_uint8_clip(video: object, path: str) -> torch.Tensor:
+    """A loaded clip -> uint8 [T, 3, H, W]. Written clips are uint8; another integer dtype is taken when its values
+    are pixels (0..255), a float clip when it is finite, in 0..1 (scaled by 255) or in 0..255; one channel is
+    repeated to three. Anything else is a VideoError naming the file, what it holds and what is expected."""
+    if not isinstance(video, torch.Tensor) or video.dim() != 4 or video.shape[1] not in (1, 3) or \
+            min(video.shape) < 1:
+        got = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+        raise VideoError(f"{path}: expected a uint8 tensor [T, C, H, W] with C = 1 or 3, got {got}")
+    if video.dtype == torch.uint8:
+        pass
+    elif video.dtype == torch.bool or video.is_complex():
+        raise VideoError(f"{path}: {video.dtype} is not a pixel type; expected uint8 [T, C, H, W]")
+    elif video.is_floating_point():
+        video = video.float()
+        if not bool(video.isfinite().all()):
+            raise VideoError(f"{path}: the float clip holds NaN/inf; expected uint8 pixels")
+        low, high = float(video.min()), float(video.max())
+        if low < 0 or high > 255:
+            raise VideoError(f"{path}: float pixels in [{low:g}, {high:g}], expected [0, 1] or [0, 255]")
+        video = (video * (255.0 if high <= 1.0 else 1.0)).round().to(torch.uint8)
+    else:
+        low, high = int(video.min()), int(video.max())
+        if low < 0 or high > 255:
+            raise VideoError(f"{path}: {video.dtype} pixels in [{low}, {high}], expected 0..255 (uint8)")
+        video = video.to(torch.uint8)
+    return video.expand(-1, 3, -1, -1).contiguous() if video.shape[1] == 1 else video
 
 
 SYNTHETIC_CACHE_BYTES = 1 << 30  # a split of generated clips up to 1 GiB is kept in memory (per process)
@@ -264,14 +322,15 @@ class SyntheticVideoDataset(ClipDataset):
     ``clip_options`` are further :class:`ClipSpec` fields (sampling, train, clips, crops, ...)."""
 
     def __init__(self, root: str, split: str, num_frames: int, image_size: int, mean, std,
-                 indices: Optional[Sequence[int]] = None, **clip_options):
+                 indices: Optional[Sequence[int]] = None, max_bad_fraction: float = 0.05, **clip_options):
         self.root, self.split = root, split
         records = read_annotations(root, split)
         self.records = records if indices is None else [records[i] for i in indices]
         self.class_names = read_class_names(root)
         self.spec = make_clip_spec(num_frames, image_size, mean, std, **clip_options)
-        self.bad = BadVideoLog(len(self.records), "skip" if self.spec.train else "report")  # never marked: a broken
-        # generated file raises (load_raw), it is not a video to skip
+        # a damaged clip file (load_raw: VideoError) is skipped and named in training, listed in evaluation
+        self.bad = BadVideoLog(len(self.records), "skip" if self.spec.train else "report", max_bad_fraction,
+                               what=f"{split} clips")
         self._cache: dict[int, torch.Tensor] = {}  # record index -> raw clip (load_raw)
 
     def __len__(self) -> int:
@@ -285,9 +344,7 @@ class SyntheticVideoDataset(ClipDataset):
         if cached is not None:
             return cached
         path = os.path.join(self.root, self.split, self.records[i]["path"])
-        video = torch.load(path, weights_only=True)  # uint8 [T, C, H, W]
-        if not isinstance(video, torch.Tensor) or video.dim() != 4:
-            raise ValueError(f"{path}: expected a [T, C, H, W] tensor, got {getattr(video, 'shape', type(video))}")
+        video = as_uint8_clip(load_clip_file(path), path)  # uint8 [T, C, H, W]
         if video.nbytes * len(self.records) <= SYNTHETIC_CACHE_BYTES:
             self._cache[i] = video
         return video
@@ -308,7 +365,7 @@ def build_splits(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence
 
     def split(name: str, spec: ClipSpec, indices=None) -> SyntheticVideoDataset:
         return SyntheticVideoDataset(root, name, spec.num_frames, spec.image_size, spec.mean, spec.std, indices,
-                                     **spec_options(spec))
+                                     max_bad_fraction=cfg.max_bad_video_fraction, **spec_options(spec))
     train = val = test = None
     if "train" in parts or "val" in parts:
         labels = [r["label"] for r in read_annotations(root, "train")]

@@ -4,14 +4,17 @@ Spatial views: evaluation resizes the short side to ``--image_size`` and takes t
 (``--test_crops 1``) or three squares at the start, centre and end of the long side (``--test_crops 3``).
 Training (``--train_crop random_resized``) takes one crop of [``--crop_scale_min``, 1] of the frame area with
 aspect ratio in [3/4, 4/3] (torchvision's ``RandomResizedCrop`` parameters), the same for every frame of the clip,
-resized to the square; ``--horizontal_flip`` flips the whole clip with p = 0.5.
+resized to the square; ``--horizontal_flip`` flips the whole clip with p = 0.5; ``--rand_augment N,M`` applies
+torchvision's RandAugment to the whole clip, one draw of operations and magnitudes for all its frames (v2 transforms
+treat the leading T of a [T, C, H, W] tensor as a batch of images sharing one set of parameters).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.v2 import RandAugment
 from torchvision.transforms.v2 import functional as TF
 
 from videolab.data.sampling import ClipSpec
@@ -80,6 +83,29 @@ def preprocess_video(video: torch.Tensor, image_size: int, mean: Sequence[float]
     return eval_views(video, image_size, mean, std, crops=1)[0]
 
 
+def parse_rand_augment(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """--rand_augment 'N,M' -> (N, M): N operations (1-14) of magnitude M (0-30, torchvision's scale); none -> None.
+    A malformed value raises ValueError with the fix."""
+    if not text:
+        return None
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        num_ops, magnitude = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--rand_augment expects 'N,M' (operations, magnitude), e.g. 2,9; got {text!r}") from None
+    if not 1 <= num_ops <= 14 or not 0 <= magnitude <= 30:
+        raise ValueError(f"--rand_augment {text!r}: N must be 1-14 operations and M a magnitude 0-30 (e.g. 2,9)")
+    return num_ops, magnitude
+
+
+def rand_augment_clip(video: torch.Tensor, num_ops: int, magnitude: int) -> torch.Tensor:
+    """uint8 (or float in [0, 1]) [T, C, H, W] -> uint8 [T, C, H, W]: RandAugment with one draw for the whole
+    clip (the same operations and magnitudes on every frame, so motion stays coherent)."""
+    if video.is_floating_point():
+        video = (video.clamp(0, 1) * 255).round().to(torch.uint8)
+    return RandAugment(num_ops=num_ops, magnitude=magnitude)(video)
+
+
 def train_view(video: torch.Tensor, spec: ClipSpec) -> torch.Tensor:
     """uint8 [T, C, H, W] -> float [T, 3, S, S]: the training crop (random resized, or the centre) and flip, one
     draw for the whole clip so motion stays coherent."""
@@ -94,4 +120,6 @@ def train_view(video: torch.Tensor, spec: ClipSpec) -> torch.Tensor:
         video = video[..., top:top + size, left:left + size]
     if spec.flip and torch.rand(()).item() < 0.5:
         video = TF.horizontal_flip(video)
+    if spec.rand_augment:
+        video = rand_augment_clip(video, *spec.rand_augment)
     return normalise(video, spec.mean, spec.std)

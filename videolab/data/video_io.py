@@ -254,6 +254,18 @@ def decode_all_frames(path: str, size: Optional[tuple[int, int]] = None) -> np.n
     return np.stack(frames)
 
 
+def count_decoded_frames(path: str) -> tuple[int, int, int]:
+    """(frames the decoder puts out, width, height): every frame decoded, none converted, so a file truncated or
+    corrupt after its header fails (VideoError) where :func:`probe_video` (packets only) would not."""
+    container = _open(path)
+    try:
+        count = sum(1 for _ in _decode_all(container, path))
+        context = container.streams.video[0].codec_context  # its size is known once frames were decoded
+        return count, context.width, context.height
+    finally:
+        container.close()
+
+
 def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
     """(H, W) with the short side scaled to ``short_side`` and the aspect ratio kept (rounded, at least 1)."""
     scale = short_side / min(height, width)

@@ -46,6 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from videolab.core.errors import UsageError
+from videolab.data.check import read_skip_list
 from videolab.data.clips import (BadVideoLog, ClipDataset, DataBundle, DatasetSource, label_budget, natural_key,
                                   stratified_split)
 from videolab.data.frames import SideFiles
@@ -374,10 +375,22 @@ def video_class_names(cfg) -> list[str]:
     return CLASS_NAMES[cfg.dataset](cfg)
 
 
+def drop_skipped(lists: dict[str, list[VideoItem]], skip_list: Optional[str]) -> dict[str, list[VideoItem]]:
+    """The split lists without the videos a skip list (``apps/check_videos.py``) names, saying how many left."""
+    if not skip_list:
+        return lists
+    skip = read_skip_list(skip_list)
+    kept = {part: [it for it in items if it.video_id not in skip] for part, items in lists.items()}
+    dropped = {part: len(lists[part]) - len(kept[part]) for part in lists if len(lists[part]) != len(kept[part])}
+    print(f"--skip_list {skip_list}: left out " + (", ".join(f"{n} {part}" for part, n in dropped.items())
+                                                   or "nothing") + f" of {len(skip)} listed videos", file=sys.stderr)
+    return kept
+
+
 def build_video_datasets(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str],
                          show_progress: bool = False) -> DataBundle:
     """The requested splits as VideoFileDatasets; validation is held out of train unless a list gives it."""
-    lists = LISTS[cfg.dataset](cfg)
+    lists = drop_skipped(LISTS[cfg.dataset](cfg), getattr(cfg, "skip_list", None))
     class_names = video_class_names(cfg)
     if getattr(cfg, "label_fraction", 1.0) < 1.0:  # a label budget: a stratified, seeded share of the train split
         train = lists["train"]

@@ -255,3 +255,117 @@ def write_plots(run_dir: str, out_dir: Optional[str] = None, data_root: Optional
         written.append(save_figure(plot_caption_examples(report["captions"], root, result),
                              os.path.join(out_dir, "caption_examples.png")))
     return written
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# analysis plots (issue 22): attention, the dataset, runs side by side
+# ----------------------------------------------------------------------------------------------------------------
+def plot_fusion_attention(weights: np.ndarray, frames: np.ndarray, title: str) -> Figure:
+    """``weights`` [heads, T]: the fusion class token's attention to each frame, per head; ``frames`` [T, H, W, 3]
+    uint8 drawn above the heat map, one column per frame."""
+    heads, length = weights.shape
+    fig = Figure(figsize=(max(6.0, 1.1 * length + 1.5), 2.2 + 0.45 * heads), dpi=DPI, layout="constrained")
+    grid = fig.add_gridspec(2, length, height_ratios=[1.0, max(1.0, 0.4 * heads)])
+    for t in range(length):
+        ax = fig.add_subplot(grid[0, t])
+        ax.imshow(frames[t], interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(f"frame {t}", fontsize=8)
+    ax = fig.add_subplot(grid[1, :])
+    image = ax.imshow(weights, aspect="auto", cmap="viridis", vmin=0.0)
+    ax.set(xlabel="frame", ylabel="head", xticks=range(length), yticks=range(heads))
+    fig.colorbar(image, ax=ax, label="attention of the class token")
+    fig.suptitle(f"Temporal attention of the last fusion layer, per head\n{title}", fontsize=10)
+    return fig
+
+
+def plot_attention_rollout(maps: np.ndarray, frames: np.ndarray, title: str) -> Figure:
+    """``maps`` [T, h, w] (attention rollout of the backbone, per frame) drawn over ``frames`` [T, H, W, 3]."""
+    length = len(frames)
+    fig = Figure(figsize=(max(6.0, 1.6 * length), 3.6), dpi=DPI, layout="constrained")
+    axes = np.atleast_2d(fig.subplots(2, length, squeeze=False))
+    height, width = frames.shape[1:3]
+    for t in range(length):
+        axes[0, t].imshow(frames[t], interpolation="nearest")
+        axes[0, t].set_title(f"frame {t}", fontsize=8)
+        axes[1, t].imshow(frames[t], interpolation="nearest")
+        axes[1, t].imshow(maps[t], cmap="jet", alpha=0.5, extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+                          interpolation="bilinear", vmin=0.0, vmax=float(maps.max()))
+        for ax in axes[:, t]:
+            ax.set_axis_off()
+    fig.suptitle(f"Attention rollout of the backbone over the frames\n{title}", fontsize=10)
+    return fig
+
+
+def plot_dataset_analysis(records: Sequence[dict], problems: Sequence[dict], title: str) -> Figure:
+    """``records``: one per readable video {video, label, frames, width, height}; ``problems``: the checker's
+    {video, kind, reason}. Class distribution, clip lengths, frame sizes and the bad files by kind."""
+    fig = Figure(figsize=(13, 7.5), dpi=DPI, layout="constrained")
+    (classes_ax, lengths_ax), (sizes_ax, bad_ax) = fig.subplots(2, 2)
+    labels = sorted({r["label"] for r in records})
+    counts = [sum(r["label"] == c for r in records) for c in labels]
+    classes_ax.bar(range(len(labels)), counts, color="tab:blue")
+    classes_ax.set(title=f"Class distribution ({len(records)} readable videos, {len(labels)} classes)",
+                   ylabel="videos", xticks=range(len(labels)))
+    classes_ax.set_xticklabels(labels, rotation=90 if len(labels) > 12 else 0, fontsize=7 if len(labels) > 12 else 9)
+    lengths = [r["frames"] for r in records]
+    lengths_ax.hist(lengths, bins=min(30, max(1, len(set(lengths)))), color="tab:green")
+    lengths_ax.set(title="Clip lengths", xlabel="frames", ylabel="videos")
+    sizes = {}
+    for r in records:
+        sizes[(r["width"], r["height"])] = sizes.get((r["width"], r["height"]), 0) + 1
+    sizes_ax.scatter([w for w, _ in sizes], [h for _, h in sizes], s=[20 + 5 * n for n in sizes.values()],
+                     color="tab:purple", alpha=0.7)
+    for (w, h), n in sizes.items():
+        sizes_ax.annotate(f"{w}x{h}: {n}", (w, h), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    sizes_ax.set(title="Frame sizes", xlabel="width (px)", ylabel="height (px)")
+    kinds = sorted({p["kind"] for p in problems})
+    bad_ax.bar(kinds, [sum(p["kind"] == k for p in problems) for k in kinds], color="tab:red")
+    bad_ax.set(title=f"Bad files: {len(problems)}" + ("" if problems else " (none)"), ylabel="videos")
+    bad_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"Dataset analysis\n{title}", fontsize=11)
+    return fig
+
+
+COMPARED = (("params_total", "parameters (M)", 1e-6), ("peak_memory_mib", "peak memory (MiB)", 1.0),
+            ("latency_ms_per_clip", "latency (ms per clip, batch 1)", 1.0))
+
+
+def read_summary_rows(path: str) -> list[dict]:
+    """The results table (``--summary_csv``), rows with a top-1 accuracy."""
+    import csv
+    if not os.path.isfile(path):
+        raise UsageError(f"--summary_csv {path!r} not found; every evaluated run appends a row to "
+                         f"results/summary.csv (main.py --summary_csv)")
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("top1")]
+    if not rows:
+        raise UsageError(f"{path} has no row with a top-1 accuracy to compare (captioning and pretraining runs "
+                         f"have none)")
+    return rows
+
+
+def _number(text: Optional[str]) -> Optional[float]:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def plot_run_comparison(rows: Sequence[dict], title: str) -> Figure:
+    """Test top-1 of every run against its parameters, peak memory (GPU if measured, else CPU RSS) and latency."""
+    fig = Figure(figsize=(15, 4.6), dpi=DPI, layout="constrained")
+    for ax, (key, label, scale) in zip(fig.subplots(1, 3), COMPARED):
+        points = []
+        for r in rows:
+            value = (_number(r.get("peak_gpu_mib")) or _number(r.get("peak_rss_mib"))) if key == "peak_memory_mib" \
+                else _number(r.get(key))
+            if value is not None:
+                points.append((value * scale, 100 * float(r["top1"]), r.get("run_name", "")))
+        ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue")
+        for x, y, name in points:
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set(xlabel=label, ylabel="test top-1 (%)", title=f"accuracy vs {label.split(' (')[0]}")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Runs compared ({len(rows)} rows)\n{title}", fontsize=11)
+    return fig

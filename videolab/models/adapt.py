@@ -1,7 +1,7 @@
 """LoRA (``peft``) and freezing of a backbone or a language model, and parameter counts."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 from torch import nn
 
@@ -19,20 +19,29 @@ def lora_targets(cfg, backbone: Backbone) -> list[str]:
     return backbone.lora_targets
 
 
+def lora_excluded(cfg) -> list[str]:
+    """--lora_exclude_modules as a list (empty: none excluded)."""
+    text = getattr(cfg, "lora_exclude_modules", None) or ""
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
 def apply_lora(module: nn.Module, targets: list[str], r: int, alpha: float, dropout: float,
-               fan_in_fan_out: bool = False) -> nn.Module:
-    """Wrap ``module`` with peft LoRA; only adapter weights stay trainable. ``fan_in_fan_out`` for GPT-2's Conv1D."""
+               fan_in_fan_out: bool = False, use_rslora: bool = False, bias: str = "none",
+               exclude_modules: Optional[list[str]] = None) -> nn.Module:
+    """Wrap ``module`` with peft LoRA; only adapter weights stay trainable (and the biases ``bias`` names: none,
+    all, lora_only). ``fan_in_fan_out`` for GPT-2's Conv1D; ``use_rslora``: scale alpha / sqrt(r) (rank-stabilised
+    LoRA); ``exclude_modules``: names (or name suffixes) that get no adapter even where ``targets`` match."""
     try:  # optional where no LoRA is applied (model code copied into an export folder: export/remote_code.py)
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise UsageError("LoRA needs peft: pip install peft") from None
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
-                        fan_in_fan_out=fan_in_fan_out)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias=bias,
+                        fan_in_fan_out=fan_in_fan_out, use_rslora=use_rslora, exclude_modules=exclude_modules or None)
     try:
         return get_peft_model(module, config)
     except ValueError as exc:
         raise UsageError(f"LoRA could not attach to {targets}: {str(exc).splitlines()[0][:200]}; "
-                         f"check --lora_target_modules") from None
+                         f"check --lora_target_modules and --lora_exclude_modules") from None
 
 
 def freeze(module: nn.Module) -> None:
@@ -83,7 +92,8 @@ def adapt_backbone(cfg, backbone: Backbone, announce: bool) -> None:
     checkpoint_activations(cfg, backbone.module, f"the {cfg.vision_model} backbone")
     if cfg.use_lora_vision:
         backbone.module = apply_lora(backbone.module, lora_targets(cfg, backbone), cfg.lora_r, cfg.lora_alpha,
-                                     cfg.lora_dropout)
+                                     cfg.lora_dropout, use_rslora=getattr(cfg, "lora_use_rslora", False),
+                                     bias=getattr(cfg, "lora_bias", "none"), exclude_modules=lora_excluded(cfg))
     elif cfg.freeze_visionbackbone:
         freeze(backbone.module)
     if (cfg.use_lora_vision or cfg.freeze_visionbackbone) and not backbone.pretrained and announce:

@@ -81,30 +81,49 @@ class HFVideoEncoder(nn.Module):
         return self.model(pixel_values=pixel_values).last_hidden_state
 
 
-def _hf_from_pretrained(model_cls, config_cls, source: str, cfg) -> Optional[nn.Module]:
-    """Load weights from a Hub id or folder; None (with a loud note) when they cannot be had."""
+def _hf_from_pretrained(model_cls, config_cls, source: str, cfg, overrides: Optional[dict] = None
+                        ) -> Optional[nn.Module]:
+    """Load weights from a Hub id or folder (``overrides``: config values such as the drop path rate); None (with
+    a loud note) when they cannot be had."""
     try:
         if not os.path.isdir(source) and not hub_offline_mode() and not hub_reachable():
             raise OSError("huggingface.co cannot be reached (with HF_HUB_OFFLINE=1 cached weights are used)")
-        return model_cls.from_pretrained(source)
+        if not overrides:
+            return model_cls.from_pretrained(source)
+        config = config_cls.from_pretrained(source)
+        return model_cls.from_pretrained(source, config=_with_values(config, overrides))
     except (OSError, ValueError) as exc:  # offline, unknown id, missing folder, wrong architecture
         loud_note(f"could not load pretrained weights from {source!r} ({str(exc).splitlines()[0][:160]}); "
                   f"building {cfg.vision_model} from the '{cfg.model_size}' preset with RANDOM weights")
         return None
 
 
+def _with_values(config, values: dict):
+    """``config`` with ``values`` set. Written into the instance dict: transformers 5.x annotates
+    ``TimesformerConfig.drop_path_rate`` as an int, and its strict validation refuses a rate such as 0.1."""
+    config.__dict__.update(values)
+    return config
+
+
+def _config_from_dict(config_cls, values: dict):
+    """A config from a saved dict (a checkpoint's arch), the drop path rate set as :func:`_with_values` does."""
+    rate = {k: values[k] for k in ("drop_path_rate",) if isinstance(values.get(k), float)}
+    return _with_values(config_cls.from_dict({k: v for k, v in values.items() if k not in rate}), rate)
+
+
 def _build_hf_video(cfg, arch: Optional[dict], model_cls, config_cls, mean, std, lora_targets,
-                    pooling: str) -> Backbone:
-    model, source, pretrained = None, "", False
+                    pooling: str, overrides: Optional[dict] = None) -> Backbone:
+    """``overrides``: config values the settings give over a preset or pretrained config (drop path rate)."""
+    model, source, pretrained, overrides = None, "", False, overrides or {}
     if arch is None and cfg.pretrained:
-        model = _hf_from_pretrained(model_cls, config_cls, cfg.pretrained, cfg)
+        model = _hf_from_pretrained(model_cls, config_cls, cfg.pretrained, cfg, overrides)
         if model is not None:
             source, pretrained = cfg.pretrained, True
     if model is None:
         if arch is None:
-            arch = dict(config=config_cls(**HF_PRESETS[cfg.model_size], num_frames=cfg.num_frames,
-                                          image_size=cfg.image_size).to_dict(), pooling=pooling)
-        model = model_cls(config_cls.from_dict(arch["config"]))
+            config = config_cls(**HF_PRESETS[cfg.model_size], num_frames=cfg.num_frames, image_size=cfg.image_size)
+            arch = dict(config=_with_values(config, overrides).to_dict(), pooling=pooling)
+        model = model_cls(_config_from_dict(config_cls, arch["config"]))
         source = f"random init from the '{cfg.model_size}' preset"
     arch = dict(config=model.config.to_dict(), pooling=pooling)
     image_size, frames = model.config.image_size, model.config.num_frames
@@ -117,8 +136,9 @@ def _build_hf_video(cfg, arch: Optional[dict], model_cls, config_cls, mean, std,
 
 def build_timesformer(cfg, arch: Optional[dict] = None) -> Backbone:
     from transformers import TimesformerConfig, TimesformerModel
+    drop_path = dict(drop_path_rate=cfg.drop_path_rate) if cfg.drop_path_rate else {}
     return _build_hf_video(cfg, arch, TimesformerModel, TimesformerConfig, KINETICS_MEAN, KINETICS_STD,
-                           ["qkv"], pooling="cls")
+                           ["qkv"], pooling="cls", overrides=drop_path)
 
 
 def build_videomae(cfg, arch: Optional[dict] = None) -> Backbone:
@@ -174,7 +194,8 @@ def build_timm_backbone(cfg, arch: Optional[dict] = None) -> Backbone:
         if cfg.model_size != "base" and family is None:
             raise UsageError(f"--model_size {cfg.model_size} is defined for vit* and swin* timm models only; "
                              f"use --model_size base for {name}")
-        kwargs = dict(img_size=cfg.image_size, **(TIMM_PRESETS[family].get(cfg.model_size, {}) if family else {}))
+        kwargs = dict(img_size=cfg.image_size, **(TIMM_PRESETS[family].get(cfg.model_size, {}) if family else {}),
+                      **(dict(drop_path_rate=cfg.drop_path_rate) if cfg.drop_path_rate else {}))
         arch = dict(name=name, kwargs=kwargs)
     model, source, pretrained = None, f"random init from the '{cfg.model_size}' preset", False
     if cfg.pretrained and "loaded" not in arch:
@@ -199,3 +220,31 @@ def build_timm_backbone(cfg, arch: Optional[dict] = None) -> Backbone:
     return Backbone(FrameEncoder(model), "frame", model.num_features, tuple(data_cfg.get("mean", IMAGENET_MEAN)),
                     tuple(data_cfg.get("std", IMAGENET_STD)), pretrained, source, arch,
                     TIMM_LORA_TARGETS.get(family, []))
+
+
+def backbone_shape(backbone: Backbone) -> dict:
+    """{width, depth}: the feature width and the number of transformer blocks (None when the model has no blocks
+    we know of, such as a convnet), for the start-up banner and the run's model info."""
+    module, depth = backbone.module, None
+    for inner in module.modules():
+        config = getattr(inner, "config", None)
+        if config is not None and hasattr(config, "num_hidden_layers"):  # transformers video models
+            depth = config.num_hidden_layers
+            break
+        if hasattr(inner, "group_matcher"):  # timm: ViT blocks, or Swin stages of blocks
+            if hasattr(inner, "blocks"):
+                depth = len(inner.blocks)
+            elif hasattr(inner, "layers"):
+                depth = sum(len(getattr(stage, "blocks", ())) for stage in inner.layers) or None
+            break
+    return dict(width=backbone.feature_dim, depth=depth)
+
+
+def preset_note(cfg, backbone: Backbone, params: int) -> Optional[str]:
+    """A warning when a reduced preset ('tiny', 'small') builds a timm model whose name promises the full one."""
+    if backbone.kind != "frame" or cfg.model_size == "base" or backbone.arch.get("loaded"):
+        return None
+    shape = backbone_shape(backbone)
+    return (f"--model_size {cfg.model_size} builds a REDUCED {cfg.vision_model} ({shape['width']} features, "
+            f"{shape['depth']} blocks, {params / 1e6:.2f} M parameters in all), not the architecture its name "
+            f"says: pass --model_size base for it")

@@ -19,8 +19,9 @@ Components are looked up in the registries below (``ENCODERS``, ``FUSIONS``, ``H
 names. Instead of ``name``, a component may give ``_target_: module.Class`` with its keyword arguments; the path
 must lie under one of ``--allowed_target_prefixes`` (default ``compose,audio,fusion``: this repo's modules) and name
 an ``nn.Module`` class, so a model file can never make the loader call ``os.system`` or anything else. YAML is
-only read with ``yaml.safe_load``. The allowlist is a run-time setting of whoever loads a model: neither a model
-file nor a checkpoint can widen it.
+only read with a safe, size- and alias-limited YAML loader (``videolab.core.inputs``), and a module file inside a
+checkpoint or data folder of the command is never imported. The allowlist is a run-time setting of whoever loads a
+model: neither a model file nor a checkpoint can widen it.
 
 The composed model (:class:`MultimodalClassifier`) is a transformers ``PreTrainedModel`` whose
 ``MultimodalConfig`` carries the composition, the video backbone's architecture and the data settings, so
@@ -53,20 +54,24 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import importlib.util
+import inspect
 import json
+import math
 import os
 from typing import Any, Callable, Optional
 
 import torch
-import yaml
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from videolab.core.layout import TOKENIZER_DIR
 from videolab.core.errors import UsageError
+from videolab.core.inputs import check_not_data, parse_json, quote, read_yaml
 from videolab.core.hub import loud_note, quiet_note
 from videolab.core.registry import import_module, nearest
-from videolab.core.settings import DATA, FIELDS, MODEL, Settings, settings_from_dict
+from videolab.core.settings import DATA, FIELDS, MAX_INT, MODEL, Settings, check_value, settings_from_dict
+from videolab.core.settings import read_model_section as settings_read_model_section
 from videolab.models.adapt import adapt_backbone, adapt_language_model
 from videolab.models.audio_encoder import AudioEncoder, sinusoidal_positions
 from videolab.models.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
@@ -193,12 +198,31 @@ TARGET_ALIASES = {"compose": ("videolab.models.compose", "videolab.models.fusion
                   "fusion": ("videolab.models.fusion",)}
 
 
+def _check_module_location(name: str, path: str) -> None:
+    """Find module ``name`` (and each package above it) without running it, and refuse it when its file lies in a
+    checkpoint or data folder of this command (``inputs.check_not_data``): a checkpoint folder is never code, even
+    when it sits on ``sys.path`` (the repo folder, which holds checkpoints/, is on it when a script runs). Each
+    package is checked before ``find_spec`` of the next part imports it."""
+    parts = name.split(".")
+    for depth in range(1, len(parts) + 1):
+        try:
+            spec = importlib.util.find_spec(".".join(parts[:depth]))
+        except (ImportError, ValueError):
+            return  # import_module reports the missing module
+        if spec is None:
+            return
+        for location in [spec.origin, *(spec.submodule_search_locations or [])]:
+            if location and os.path.exists(location):
+                check_not_data(location, f"_target_ {path!r}")
+
+
 def _import_target(path: str) -> Any:
     """The attribute a dotted ``_target_`` path names: through TARGET_ALIASES for the short names, else by
-    importing its module."""
+    importing its module (never one inside a checkpoint or data folder)."""
     module_name, _, attribute = path.rpartition(".")
     modules = TARGET_ALIASES.get(module_name, (module_name,))
     for name in modules:
+        _check_module_location(name, path)
         try:
             module = import_module(name)
         except ImportError:
@@ -226,21 +250,87 @@ def resolve_target(path: Any, allowed: str) -> type:
     return target
 
 
+# what the builders pass a _target_ class themselves (_build_fusion, _build_head): a section may not set them
+BUILDER_ARGUMENTS = {"fusion": ("dim", "num_modalities"), "head": ("in_dim", "num_classes")}
+# component argument -> the setting whose range it has (the flag that gives its default)
+ARGUMENT_FIELDS = {"video encoder": {}, "audio encoder": dict(dim="audio_dim", depth="audio_depth",
+                                                              n_heads="fusion_n_heads", dropout="fusion_dropout"),
+                   "text encoder": dict(language_model="language_model", max_tokens="max_text_tokens"),
+                   "fusion": {"dim": "fusion_dim", **{option: f"fusion_{option}" for name in FUSION_DEFAULTS
+                                                      for option in FUSIONS.meta(name)["options"]}},
+                   "head": dict(dropout="head_dropout")}
+SCALARS = (str, int, float, bool, type(None))
+
+
+def _check_arguments(target: type, entry: dict, what: str) -> None:
+    args = _args(entry)
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    named = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    given_by_builder = BUILDER_ARGUMENTS.get(what, ())
+    for key, value in args.items():
+        if key in given_by_builder:
+            raise UsageError(f"{what} {entry['_target_']}: argument {key!r} is set by the model itself, drop it")
+        if not takes_any and key not in named:
+            raise UsageError(f"{what} {entry['_target_']} has no argument {key!r}{nearest(key, named)} (its "
+                             f"signature: {', '.join(named) or 'none'})")
+        if not isinstance(value, SCALARS) and not (isinstance(value, list) and all(isinstance(v, SCALARS)
+                                                                                  for v in value)):
+            raise UsageError(f"{what} {entry['_target_']}: argument {key!r} must be a number, string, boolean or "
+                             f"a list of them, got {quote(value, 60)}")
+    required = [n for n in named if parameters[n].default is inspect.Parameter.empty
+                and n not in args and n not in given_by_builder and n != "self"]
+    if required:
+        raise UsageError(f"{what} {entry['_target_']} needs argument {required[0]!r} (its signature: "
+                         f"{', '.join(named)}); add it to the section")
+
+
+def _check_value(what: str, name: str, key: str, value: Any, default: Any) -> None:
+    """A registry component's argument: the type of its default, and the range of the setting that gives it."""
+    label = f"{what} {name!r} argument {key!r}"
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        ok = isinstance(value, SCALARS)
+    if not ok:
+        expected = type(default).__name__ if default is not None else "a single value"
+        raise UsageError(f"{label} expects {expected}, got {quote(value, 60)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{label} must be a finite number, got {value}")
+    setting = ARGUMENT_FIELDS.get(what, {}).get(key, key if what == "video encoder" else None)
+    if setting in FIELDS:
+        check_value(setting, value, label)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value <= MAX_INT:
+        raise UsageError(f"{label} must be between 0 and {MAX_INT}, got {value}")
+
+
 def _component(entry: Any, registry: dict, what: str, cfg: Settings) -> dict:
     """A YAML component (a name, or a mapping with ``name`` or ``_target_`` and arguments) -> its canonical form:
-    {"name": ..., **every argument} or {"_target_": ..., **arguments}."""
+    {"name": ..., **every argument} or {"_target_": ..., **arguments}. Every argument is checked: against the
+    class's signature (a _target_), or against its default's type and its setting's range (a registry name)."""
     if isinstance(entry, str) or entry is None:
         entry = {"name": entry}
     if not isinstance(entry, dict):
-        raise UsageError(f"{what}: expected a name or a mapping with name/_target_ and arguments, got {entry!r}")
-    entry = dict(entry)
+        raise UsageError(f"{what}: expected a name or a mapping with name/_target_ and arguments, got "
+                         f"{quote(entry, 60)}")
+    entry = {str(k): v for k, v in entry.items()}
     if "_target_" in entry:
         if "name" in entry:
             raise UsageError(f"{what}: give either name or _target_, not both")
-        resolve_target(entry["_target_"], cfg.allowed_target_prefixes)
+        target = resolve_target(entry["_target_"], cfg.allowed_target_prefixes)
         for key, value in entry.items():
             if isinstance(value, dict):
                 raise UsageError(f"{what}: argument {key!r} is a mapping; nested components are not supported")
+        _check_arguments(target, entry, what)
         return entry
     name = entry.pop("name", None)
     defaults = _lookup(name, registry, what)(cfg)
@@ -248,6 +338,8 @@ def _component(entry: Any, registry: dict, what: str, cfg: Settings) -> dict:
     if unknown:
         raise UsageError(f"{what} {name!r} has no argument {unknown[0]!r}{nearest(unknown[0], list(defaults))} "
                          f"(valid: {_valid(defaults)})")
+    for key, value in entry.items():
+        _check_value(what, name, key, value, defaults[key])
     return {"name": name, **defaults, **entry}
 
 
@@ -273,27 +365,9 @@ def normalise(section: Any, cfg: Settings) -> dict:
 
 
 def read_model_section(cfg: Settings) -> Optional[dict]:
-    """The ``model:`` section from --model_config (a YAML file, or the inline section a settings YAML carried as
-    JSON), or None."""
-    text = cfg.model_config
-    if not text:
-        return None
-    if text.lstrip().startswith("{"):
-        return json.loads(text)
-    if not os.path.isfile(text):
-        raise UsageError(f"--model_config {text!r} not found; pass a YAML file with a model: section")
-    try:
-        with open(text) as fh:
-            data = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise UsageError(f"--model_config {text!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if isinstance(data, dict) and "model" in data:
-        extra = sorted(set(data) - {"model"})
-        if extra:
-            raise UsageError(f"--model_config {text!r} may only hold a model: section, found {extra}; settings go "
-                             f"in --config")
-        data = data["model"]
-    return data
+    """The ``model:`` section from --model_config (a YAML file, or the inline section a settings YAML or a nested
+    override carried as JSON), or None (``videolab.core.settings.read_model_section``)."""
+    return settings_read_model_section(cfg.model_config)
 
 
 def parse_modalities(text: Optional[str]) -> list[str]:
@@ -321,6 +395,71 @@ def composition(cfg: Settings) -> dict:
         raise UsageError(f"--modalities {cfg.modalities} disagrees with the model section's encoders "
                          f"({', '.join(spec['encoders'])}); drop --modalities or change the section")
     return spec
+
+
+def _other_value(value: Any, default: Any) -> Any:
+    """A value of the same type that differs from ``value`` (to see whether a setting changes anything)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    return default if value != default else None
+
+
+def check_flags_against_section(cfg: Settings, explicit) -> None:
+    """A model flag typed beside a ``model:`` section that sets the same argument would be ignored while the run
+    records it: refused, naming the flag and the section's value. (A flag that the section leaves to it applies.)
+    Found by trying: the flag changes nothing in the section's composition, but it would change a section that
+    names the same parts without their arguments."""
+    section = read_model_section(cfg)
+    if not isinstance(section, dict) or not isinstance(section.get("encoders"), dict):
+        return
+    spec = normalise(section, cfg)
+    bare = dict(encoders={m: _bare(e, DEFAULT_ENCODER.get(m)) for m, e in section["encoders"].items()},
+                **{part: _bare(section[part], None) for part in ("fusion", "head") if part in section})
+    if "fusion" in explicit and "fusion" in section and spec["fusion"].get("name") != cfg.fusion:
+        raise UsageError(f"--fusion {cfg.fusion} conflicts with the model section, which sets fusion: "
+                         f"{spec['fusion'].get('name', spec['fusion'].get('_target_'))}; drop the flag or change the "
+                         f"section")
+    for key in sorted(explicit):
+        if key not in FIELDS or FIELDS[key].metadata["group"] != MODEL or key in ("model_config", "modalities",
+                                                                                   "fusion"):
+            continue
+        other = _other_value(getattr(cfg, key), FIELDS[key].default)
+        if other is None:
+            continue
+        try:
+            changed = dataclasses.replace(cfg, **{key: other})
+            ignored = normalise(section, changed) == spec and normalise(bare, changed) != normalise(bare, cfg)
+        except UsageError:  # the other value is not valid for this composition: nothing learnt
+            continue
+        if ignored:
+            raise UsageError(f"--{key} {getattr(cfg, key)} conflicts with the model section, which sets that "
+                             f"argument itself ({_section_value(spec, normalise(bare, cfg), normalise(bare, changed))}"
+                             f"); drop the flag or change the section")
+
+
+def _bare(entry: Any, default: Optional[str]) -> Any:
+    """A component without its arguments: its name (a registry part takes the flags' values then); a _target_
+    component keeps only its path (flags never reach it)."""
+    if not isinstance(entry, dict):
+        return entry
+    return {"_target_": entry["_target_"]} if "_target_" in entry else entry.get("name", default)
+
+
+def _section_value(spec: dict, bare: dict, changed: dict) -> str:
+    """'fusion depth: 4' for the first argument the flag would change in a bare section."""
+    for part in ("encoders", "fusion", "head"):
+        a, b = bare.get(part, {}), changed.get(part, {})
+        items = a.items() if part != "encoders" else ((m, e) for m, e in a.items())
+        for name, value in items:
+            if part == "encoders":
+                for arg, v in value.items():
+                    if b[name].get(arg) != v:
+                        return f"{name} encoder {arg}: {spec['encoders'][name].get(arg)!r}"
+            elif b.get(name) != value:
+                return f"{part} {name}: {spec[part].get(name)!r}"
+    return "same argument"
 
 
 # flag -> the modality whose registry encoder it acts on
@@ -357,6 +496,16 @@ def _args(entry: dict) -> dict:
     return {k: v for k, v in entry.items() if k not in ("name", "_target_")}
 
 
+def _construct(target: type, what: str, **kwargs) -> nn.Module:
+    """``target(**kwargs)`` for a _target_ component; arguments it refuses (TypeError / ValueError from its
+    constructor) are the section's mistake: one line naming the class."""
+    try:
+        return target(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{what} {target.__module__}.{target.__name__} refused its arguments from the model section "
+                         f"({quote(str(exc), 120)}); fix them") from None
+
+
 def _build_text_encoder(entry: dict, cfg: Settings, text_arch: Optional[dict], tokenizer, verbose: bool,
                         texts=()) -> TextEncoder:
     """The language model of the entry (loaded: pretrained where it can be had) or, with ``text_arch``, the same
@@ -380,7 +529,7 @@ def _build_encoder(modality: str, entry: dict, cfg: Settings, backbone_arch: Opt
                    verbose: bool) -> tuple[nn.Module, Optional[Backbone]]:
     """(encoder module with ``out_dim``, the video Backbone or None); text encoders: _build_text_encoder."""
     if "_target_" in entry:
-        module = resolve_target(entry["_target_"], allowed)(**_args(entry))
+        module = _construct(resolve_target(entry["_target_"], allowed), f"{modality} encoder", **_args(entry))
         if not isinstance(getattr(module, "out_dim", getattr(module, "dim", None)), int):
             raise UsageError(f"{modality} encoder {entry['_target_']} must have an int attribute out_dim (or dim), "
                              f"its output width")
@@ -403,7 +552,8 @@ def _build_encoder(modality: str, entry: dict, cfg: Settings, backbone_arch: Opt
 def _build_fusion(entry: dict, dim: int, num_modalities: int, allowed: str) -> nn.Module:
     args = {k: v for k, v in _args(entry).items() if k != "dim"}
     if "_target_" in entry:
-        layer = resolve_target(entry["_target_"], allowed)(dim=dim, num_modalities=num_modalities, **args)
+        layer = _construct(resolve_target(entry["_target_"], allowed), "fusion", dim=dim,
+                           num_modalities=num_modalities, **args)
         return TokenFusion(layer, dim, num_modalities)
     layer_class = FUSIONS.get(entry["name"])
     if getattr(layer_class, "joins_modalities", False):  # a late fusion of the modalities' tokens (concat)
@@ -415,7 +565,8 @@ def _build_fusion(entry: dict, dim: int, num_modalities: int, allowed: str) -> n
 def _build_head(entry: dict, in_dim: int, num_classes: int, allowed: str) -> nn.Module:
     args = _args(entry)
     if "_target_" in entry:
-        return resolve_target(entry["_target_"], allowed)(in_dim=in_dim, num_classes=num_classes, **args)
+        return _construct(resolve_target(entry["_target_"], allowed), "head", in_dim=in_dim, num_classes=num_classes,
+                          **args)
     if entry["name"] == "linear":
         return nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(args["dropout"]), nn.Linear(in_dim, num_classes))
     hidden = args["hidden"] or in_dim

@@ -6,7 +6,8 @@ when the part is first built.
 
 * ``BACKBONES``: name -> ``builder(cfg, arch=None) -> backbones.Backbone``. ``kind`` is ``video`` (the model sees
   the clip and returns tokens [B, L, D]) or ``frame`` (an image model run on every frame, [B, T, D], joined over
-  time by a fusion layer). ``pretrain`` lists the self-supervised objectives it can be pretrained with. Any other
+  time by a fusion layer). ``pretrain`` lists the self-supervised objectives it can be pretrained with;
+  ``drop_path=False``: it has no stochastic depth (``--drop_path_rate`` is refused). Any other
   timm model name also works as a per-frame backbone (``backbones.resolve_backbone``).
 * ``FUSIONS``: name -> fusion layer class, ``layer(x [B, L, D], padding_mask [B, L]) -> [B, L, D]``.
   ``temporal``: usable after a per-frame backbone; ``composed``: usable in a composed multimodal model;
@@ -25,7 +26,7 @@ from videolab.core.registry import Registry, load_target, nearest
 BACKBONES = Registry("vision backbone", flag="vision_model")
 BACKBONES.add("timesformer", "videolab.models.backbones:build_timesformer", kind="video",
               pretrain=("contrastive",), help="TimeSformer (divided space-time attention, transformers)")
-BACKBONES.add("videomae", "videolab.models.backbones:build_videomae", kind="video",
+BACKBONES.add("videomae", "videolab.models.backbones:build_videomae", kind="video", drop_path=False,
               pretrain=("mvm", "contrastive", "both"), help="VideoMAE (tube embedding, transformers)")
 BACKBONES.add("swin_tiny_patch4_window7_224", "videolab.models.backbones:build_timm_backbone", kind="frame",
               help="timm Swin-T per frame + fusion")
@@ -51,6 +52,12 @@ def backbone_builder(name: str):
 
 def check_vision_model(name: str) -> None:
     backbone_builder(name)
+
+
+def has_drop_path(name: str) -> bool:
+    """Whether the backbone has stochastic depth (``drop_path=False`` in its entry says it has none; timm models
+    and TimeSformer have it)."""
+    return BACKBONES.meta(name).get("drop_path", True) if name in BACKBONES else True
 
 
 def backbone_kind(name: str) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -119,6 +119,11 @@ class Task:
         return f"{cfg.vision_model}-{part}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     # --- training ------------------------------------------------------------------------------------------------
+    def batch_transform(self, cfg, num_classes: int) -> Optional[Callable[[dict], dict]]:
+        """What the task does to every training batch before the forward pass (classification: Mixup / CutMix),
+        or None. Called once per training run."""
+        return None
+
     def train_correct(self, out, batch: dict) -> int:
         """Training clips of a batch this task counts as correct (accuracy), 0 when it has no accuracy."""
         return 0

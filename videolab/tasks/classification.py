@@ -1,15 +1,25 @@
-"""Classification: cross-entropy training, top-1 / top-5 validation, the test report (single- and multi-view,
-per class, confusion, time-reversal pairs) and top-k predictions at inference."""
+"""Classification: cross-entropy training (with Mixup / CutMix of the training batches when asked), top-1 / top-5
+validation, the test report (single- and multi-view, per class, confusion, time-reversal pairs) and top-k
+predictions at inference."""
 from __future__ import annotations
 
-from typing import Optional
+import os
+import sys
+from typing import Callable, Optional
+
+import numpy as np
 
 import torch
 from tqdm.auto import tqdm
 
 from videolab.core.errors import UsageError
+from videolab.core.files import write_json
 from videolab.data.clips import make_loader
+from videolab.data.registry import DATASETS
 from videolab.evaluation.metrics import classification_report, topk_correct
+from videolab.evaluation.plots import (PLOTS_DIR, plot_attention_rollout, plot_fusion_attention, save_figure,
+                                      write_plots)
+from videolab.models.attention import attention_rollout, fusion_attention
 from videolab.models.classifier import MultiViewClassifier, classification_loss
 from videolab.tasks.base import InferenceRun, Task, TestResult, TestRun, model_inputs
 
@@ -73,11 +83,98 @@ def test_line(headline: dict, cfg, single_view_top1: Optional[float]) -> str:
     return line
 
 
+MIX_FLAGS = ("mixup_alpha", "cutmix_alpha", "mixup_prob", "mixup_switch_prob")
+
+
+class ClipMixer:
+    """Mixup and CutMix of a training batch of clips (``timm.data.Mixup``, batch mode: one lambda per batch, each
+    clip mixed with its mirror in the batch); labels become soft targets [B, K] that sum to 1.
+
+    timm cuts its CutMix box out of the last two dimensions, so the clips are mixed through a [B, T * C, H, W] view
+    of pixel_values [B, T, C, H, W]: the box is the same in every frame and every channel, and Mixup's blend is the
+    same for every frame. The soft targets go to the model's own loss, ``classifier.classification_loss``: torch's
+    cross-entropy with probability targets is timm's SoftTargetCrossEntropy, and it applies --label_smoothing as
+    timm's Mixup would (so Mixup's own smoothing is 0). timm pairs clips, so a batch of odd size is not mixed; its
+    labels become one-hot targets, the same loss as hard labels."""
+
+    def __init__(self, cfg, num_classes: int):
+        from timm.data import Mixup
+        self.num_classes = num_classes
+        self.mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mixup_prob,
+                           switch_prob=cfg.mixup_switch_prob, mode="batch", label_smoothing=0.0,
+                           num_classes=num_classes)
+
+    def __call__(self, batch: dict) -> dict:
+        clips, labels = batch["pixel_values"].contiguous(), batch["labels"]  # [B, T, C, H, W], [B]
+        if len(clips) % 2:
+            return dict(batch, labels=torch.nn.functional.one_hot(labels, self.num_classes).float())
+        frames_folded = clips.view(len(clips), -1, *clips.shape[-2:])  # [B, T * C, H, W], a view: mixed in place
+        _, targets = self.mixup(frames_folded, labels)  # targets [B, K]
+        return dict(batch, pixel_values=clips, labels=targets)
+
+
+def mixing_wanted(cfg) -> bool:
+    return bool(cfg.mixup_alpha or cfg.cutmix_alpha) and cfg.mixup_prob > 0
+
+
+def display_frames(pixel_values: torch.Tensor, spec) -> np.ndarray:
+    """A normalised clip [T, 3, H, W] -> uint8 [T, H, W, 3] for drawing (the dataset's mean / std undone)."""
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    return ((pixel_values.float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def attention_plots(model, test_set, out_dir: str, title: str) -> list[str]:
+    """Where they apply (a Transformer fusion; VideoMAE or a timm ViT backbone): the fusion's per-head temporal
+    attention and the backbone's attention rollout for the first readable test clip, drawn over its frames, and
+    ``attention.json`` with the numbers ([heads, T] and [T, h, w]). Returns the files written."""
+    readable = torch.nonzero(test_set.readable()).flatten().tolist()
+    if not readable or not hasattr(test_set, "spec"):
+        return []
+    item = test_set[readable[0]]
+    clip = item["pixel_values"]  # [T, 3, S, S]
+    device = next(model.parameters()).device
+    weights = fusion_attention(model, clip[None].to(device))  # [1, heads, T] or None
+    maps = attention_rollout(model, clip[None].to(device))  # [1, T, h, w] or None
+    video = test_set.video_id(readable[0])
+    frames, written, numbers, title = display_frames(clip, test_set.spec), [], dict(video=video), f"{title} | {video}"
+    if weights is not None:
+        numbers["fusion_attention"] = weights[0].cpu().tolist()
+        written.append(save_figure(plot_fusion_attention(weights[0].cpu().numpy(), frames, title),
+                                   os.path.join(out_dir, "fusion_attention.png")))
+    if maps is not None:
+        numbers["attention_rollout"] = maps[0].cpu().tolist()
+        written.append(save_figure(plot_attention_rollout(maps[0].cpu().numpy(), frames, title),
+                                   os.path.join(out_dir, "attention_rollout.png")))
+    if written:
+        written.append(write_json(os.path.join(out_dir, "attention.json"), numbers))
+    return written
+
+
 class ClassificationTask(Task):
     name = "classification"
+    flags = MIX_FLAGS  # another task refuses them
+
+    def check(self, cfg) -> None:
+        if mixing_wanted(cfg) and (cfg.use_text or cfg.modalities or cfg.model_config):
+            raise UsageError("--mixup_alpha / --cutmix_alpha mix the frames only, and this model also reads text or "
+                             "audio, which cannot be mixed with them; drop the mixing flags or the other inputs")
+
+    def batch_transform(self, cfg, num_classes: int) -> Optional[Callable[[dict], dict]]:
+        """Mixup / CutMix (:class:`ClipMixer`) when asked for; off, with a note, for a dataset whose labels tell
+        left from right or forwards from backwards (a CutMix box from a clip moving left in one moving right)."""
+        if not mixing_wanted(cfg):
+            return None
+        if DATASETS.meta(cfg.dataset).get("mirror_classes", False):
+            print(f"note: Mixup / CutMix are off for --dataset {cfg.dataset}: its labels tell directions apart, "
+                  f"which mixing two clips would blur", file=sys.stderr)
+            return None
+        return ClipMixer(cfg, num_classes)
 
     def train_correct(self, out, batch: dict) -> int:
-        return int((out.logits.argmax(-1) == batch["labels"].to(out.logits.device)).sum())
+        labels = batch["labels"].to(out.logits.device)
+        labels = labels.argmax(-1) if labels.dim() == 2 else labels  # soft targets: the class that weighs most
+        return int((out.logits.argmax(-1) == labels).sum())
 
     def epoch_record(self, loss_sum: float, correct: float, seen: float) -> dict:
         return dict(train_loss=loss_sum / max(seen, 1), train_top1=correct / max(seen, 1))
@@ -114,6 +211,13 @@ class ClassificationTask(Task):
         single = results["single_view"]["top1"] if views > 1 else None
         return TestResult(headline, dict(class_names=run.class_names, **report), test_line(headline, cfg, single),
                           results)
+
+    def plots(self, run: TestRun, report: dict) -> list[str]:
+        """The run's plots and, where they apply, the attention plots (:func:`attention_plots`)."""
+        model = run.accelerator.unwrap_model(run.model)
+        title = f"{os.path.basename(run.run_dir)} | {run.cfg.vision_model}"
+        return write_plots(run.run_dir) + attention_plots(model, run.test_set, os.path.join(run.run_dir, PLOTS_DIR),
+                                                          title)
 
     @torch.no_grad()
     def predict(self, model, batch: dict, accelerator, cfg):
