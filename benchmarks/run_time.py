@@ -164,11 +164,19 @@ def child(args: list, core, log: str) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT)
 
 
-def wait(proc: subprocess.Popen, started: float, log: str) -> float:
-    if proc.wait() != 0:
-        with open(log) as fh:
-            raise SystemExit(f"{' '.join(proc.args)} failed:\n{fh.read()[-3000:]}")
-    return time.time() - started
+def wait(procs: list, started: float, logs: list) -> list:
+    """Wait for every process; each one's own wall time from ``started`` (polled, so one finishing early is not
+    charged the other's time)."""
+    ends = [None] * len(procs)
+    while None in ends:
+        for i, proc in enumerate(procs):
+            if ends[i] is None and proc.poll() is not None:
+                ends[i] = time.time()
+                if proc.returncode != 0:
+                    with open(logs[i]) as fh:
+                        raise SystemExit(f"{' '.join(proc.args)} failed:\n{fh.read()[-3000:]}")
+        time.sleep(0.05)
+    return [end - started for end in ends]
 
 
 def last_json(log: str) -> dict:
@@ -190,15 +198,16 @@ def compare(setup: str, flags: list, work: str, sequential: bool) -> dict:
     VLoader.ensure_dataset(settings_for(flags))  # here, not by both children at once
     if sequential:
         t0 = time.time()
-        ours_wall = wait(child(ours_args, None, logs["ours"]), t0, logs["ours"])
+        ours_wall, = wait([child(ours_args, None, logs["ours"])], t0, [logs["ours"]])
         t0 = time.time()
-        bare_wall = wait(child(bare_args, None, logs["bare"]), t0, logs["bare"])
+        bare_wall, = wait([child(bare_args, None, logs["bare"])], t0, [logs["bare"]])
     else:
         t0 = time.time()
-        ours, bare = child(ours_args, 0, logs["ours"]), child(bare_args, 1, logs["bare"])
-        ours_wall, bare_wall = wait(ours, t0, logs["ours"]), wait(bare, t0, logs["bare"])
+        ours_wall, bare_wall = wait([child(ours_args, 0, logs["ours"]), child(bare_args, 1, logs["bare"])], t0,
+                                    [logs["ours"], logs["bare"]])
     run_dir = os.path.join(work, "runs", name)
-    wait(child([os.path.abspath(__file__), "--_evaluate", run_dir], None, logs["eval"]), time.time(), logs["eval"])
+    wait([child([os.path.abspath(__file__), "--_evaluate", run_dir], None, logs["eval"])], time.time(),
+         [logs["eval"]])
     ours_epochs, bare_result = last_json(logs["eval"])["epochs"], last_json(logs["bare"])
     with open(os.path.join(run_dir, "eval.json")) as fh:
         report = json.load(fh)

@@ -9,8 +9,10 @@
 2. Achieved FLOP/s of a base-size training step (TimeSformer-base, 8 x 224^2, batch 1; FLOPs counted by
    ``torch.utils.flop_counter``) against this machine's measured matmul peak in the same dtype (fp32, bf16).
    Goal: >= 50 % of the fp32 peak.
-3. Peak memory of a base-size training step with LoRA against full fine-tuning, each in a fresh process
-   (peak RSS during the two training steps, model build excluded). Goal: LoRA <= 0.7x.
+3. Peak memory of a base-size training step with LoRA against full fine-tuning, each with and without
+   ``--gradient_checkpointing``, each in a fresh process (peak RSS during the two training steps, model build
+   excluded), and the step time checkpointing costs. Goal: LoRA + checkpointing <= 0.6x full fine-tuning.
+   ``--memory_only`` runs just this part.
 No figure is a pass/fail test; results go to BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -100,33 +102,59 @@ def base_step_flops(dtype_name: str, repeats: int) -> dict:
     return dict(dtype=dtype_name, flops_per_step=flops, step_seconds=seconds, achieved_flops=flops / seconds)
 
 
-def _peak_memory_child(lora: bool) -> None:
-    """Runs in a fresh process: build base TimeSformer, one warm-up + one measured training step, print JSON."""
+def _peak_memory_child(lora: bool, checkpointing: bool = False) -> None:
+    """Runs in a fresh process: build base TimeSformer, one warm-up + one measured training step, print JSON (peak
+    RSS, and the median time of the two steps)."""
+    import time
+
     import psutil
     cfg = Settings(vision_model="timesformer", model_size="base", image_size=224, num_frames=8, device="cpu",
-                   use_lora_vision=lora)
+                   use_lora_vision=lora, gradient_checkpointing=checkpointing)
     model = build_model(cfg, 400, verbose=False).model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = dict(pixel_values=torch.randn(1, 8, 3, 224, 224), labels=torch.tensor([3]))
     rss_model = psutil.Process().memory_info().rss
     reset_peak_rss()  # so model building does not count
+    times = []
     for _ in range(2):  # the second step has optimizer state allocated
-        model(**batch).loss.backward()
+        t0 = time.perf_counter()
+        model.train()(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
     peak = vm_hwm_bytes()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(json.dumps(dict(lora=lora, peak_rss_bytes=peak, rss_after_build_bytes=rss_model, trainable=trainable)))
+    print(json.dumps(dict(lora=lora, gradient_checkpointing=checkpointing, peak_rss_bytes=peak,
+                          rss_after_build_bytes=rss_model, trainable=trainable, step_seconds=times)))
+
+
+MEMORY_VARIANTS = {"full": (False, False), "lora": (True, False), "full_checkpointing": (False, True),
+                   "lora_checkpointing": (True, True)}  # name -> (LoRA, gradient checkpointing)
 
 
 def peak_memory() -> dict:
+    """Peak RSS of every variant, each in a fresh process; ratios against full fine-tuning without checkpointing,
+    and the step-time cost of checkpointing (second step, with optimizer state)."""
     results = {}
-    for lora in (False, True):
-        out = subprocess.run([sys.executable, __file__, "--_memory_child", "1" if lora else "0"],
+    for name, (lora, checkpointing) in MEMORY_VARIANTS.items():
+        out = subprocess.run([sys.executable, __file__, "--_memory_child", f"{int(lora)}{int(checkpointing)}"],
                              capture_output=True, text=True, check=True)
-        results["lora" if lora else "full"] = json.loads(out.stdout.strip().splitlines()[-1])
-    results["ratio"] = results["lora"]["peak_rss_bytes"] / results["full"]["peak_rss_bytes"]
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    full = results["full"]["peak_rss_bytes"]
+    results["ratio"] = results["lora"]["peak_rss_bytes"] / full
+    results["ratio_lora_checkpointing"] = results["lora_checkpointing"]["peak_rss_bytes"] / full
+    results["ratio_full_checkpointing"] = results["full_checkpointing"]["peak_rss_bytes"] / full
+    results["checkpointing_step_time_ratio_lora"] = (results["lora_checkpointing"]["step_seconds"][-1] /
+                                                     results["lora"]["step_seconds"][-1])
     return results
+
+
+def print_memory(mem: dict) -> None:
+    gib = {k: v["peak_rss_bytes"] / 2 ** 30 for k, v in mem.items() if isinstance(v, dict)}
+    print(f"[memory] TimeSformer-base step peak RSS (GiB): " + " | ".join(f"{k} {v:.2f}" for k, v in gib.items()) +
+          f" | LoRA / full {mem['ratio']:.2f}, LoRA + checkpointing / full {mem['ratio_lora_checkpointing']:.2f} "
+          f"(goal <= 0.6) | checkpointing step time x{mem['checkpointing_step_time_ratio_lora']:.2f} (LoRA)",
+          flush=True)
 
 
 def main() -> None:
@@ -136,10 +164,17 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--skip_base", action="store_true", help="skip the base-size FLOP/s and memory parts")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--memory_only", action="store_true", help="only the peak-memory part (4 fresh processes)")
     parser.add_argument("--_memory_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._memory_child is not None:
-        _peak_memory_child(args._memory_child == "1")
+        _peak_memory_child(args._memory_child[0] == "1", args._memory_child[1:] == "1")
+        return
+    if args.memory_only:
+        mem = peak_memory()
+        print_memory(mem)
+        if args.json:
+            write_json(args.json, dict(torch=torch.__version__, threads=torch.get_num_threads(), peak_memory=mem))
         return
     results = dict(torch=torch.__version__, threads=torch.get_num_threads())
     r = loop_overhead(args.steps, args.repeats, args.batch_size)
@@ -158,9 +193,7 @@ def main() -> None:
                   f"{100 * step['fraction_of_peak']:.1f}% of peak", flush=True)
         mem = peak_memory()
         results["peak_memory"] = mem
-        print(f"[memory] TimeSformer-base step peak RSS: full fine-tune {mem['full']['peak_rss_bytes'] / 2**30:.2f} "
-              f"GiB | LoRA {mem['lora']['peak_rss_bytes'] / 2**30:.2f} GiB | ratio {mem['ratio']:.2f} "
-              f"(goal <= 0.7)", flush=True)
+        print_memory(mem)
     if args.json:
         write_json(args.json, results)
 

@@ -51,12 +51,31 @@ HF_PRESETS = {
 }
 
 
+def fp32_output(module: nn.Module, inputs, output):
+    """Forward hook: the module's floating-point output (a tensor, or the tensors of a tuple) in fp32; a no-op
+    outside autocast."""
+    if isinstance(output, tuple):
+        return tuple(o.float() if torch.is_tensor(o) and o.is_floating_point() else o for o in output)
+    return output.float()
+
+
+def keep_residual_stream_fp32(model: nn.Module) -> None:
+    """Under bf16 autocast, VideoMAE's patch embedding (a convolution) returns bf16 and its embeddings cast the
+    position table to that dtype, so every residual addition and LayerNorm of the encoder then runs in bf16
+    (8 bits of mantissa): the blocks' small updates to the stream are rounded away, and training stalls (BENCHMARKS.md,
+    bf16). An fp32 patch embedding output keeps the stream fp32, as it already is in TimeSformer (whose fp32 position
+    parameters promote it) and in timm ViTs; the matrix products inside the blocks still run in bf16."""
+    model.get_input_embeddings().register_forward_hook(fp32_output)
+
+
 class HFVideoEncoder(nn.Module):
-    """Wraps a transformers video model: pixel_values [B, T, C, H, W] -> tokens [B, L, D]."""
+    """Wraps a transformers video model: pixel_values [B, T, C, H, W] -> tokens [B, L, D]. The residual stream
+    stays fp32 under autocast (:func:`keep_residual_stream_fp32`)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        keep_residual_stream_fp32(model)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixel_values).last_hidden_state

@@ -65,6 +65,13 @@ class TemporalFusionEncoder(nn.Module):
         return out[torch.arange(batch, device=out.device), last]
 
 
+def fp32_head(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The classification head outside autocast: features [B, D] -> fp32 logits [B, K]. Under bf16 the logits
+    would be rounded to 8 bits of mantissa before the loss; the head is a few small layers, so fp32 costs nothing."""
+    with torch.autocast(features.device.type, enabled=False):
+        return head(features.float())
+
+
 AUTO_FUSION_WIDTH = 128  # --fusion_dim none: a per-frame backbone's width, up to this
 
 
@@ -123,7 +130,7 @@ class VideoClassifier(nn.Module):
         return out[:, 0] if self.pooling == "cls" else out.mean(dim=1)  # out: [B, L, D]
 
     def forward(self, pixel_values: torch.Tensor, labels: Optional[torch.Tensor] = None) -> ClassifierOutput:
-        logits = self.head(self.features(pixel_values))  # [B, num_classes]
+        logits = fp32_head(self.head, self.features(pixel_values))  # [B, num_classes]
         loss = None
         if labels is not None:
             loss = classification_loss(logits, labels, self.label_smoothing)

@@ -12,7 +12,7 @@ from torch import nn
 
 from videolab.core.errors import UsageError
 from videolab.models.backbones import Backbone
-from videolab.models.classifier import ClassifierOutput, VideoClassifier, classification_loss
+from videolab.models.classifier import ClassifierOutput, VideoClassifier, classification_loss, fp32_head
 from videolab.models.language import LAST_TOKEN_POOLING, last_token_pool, real_token_positions
 
 
@@ -131,7 +131,7 @@ class VisionLanguageClassifier(nn.Module):
             pooled = (hidden * keep).sum(1) / keep.sum(1)  # masked mean of the joint sequence: [B, D]
         # the projected video tokens also reach the head directly, so the video encoder learns even while the
         # language model's attention still favours the (real-word) text tokens over the new video tokens
-        logits = self.head(torch.cat([video.mean(1).to(pooled.dtype), pooled], dim=-1))  # [B, num_classes]
+        logits = fp32_head(self.head, torch.cat([video.mean(1).float(), pooled.float()], dim=-1))  # [B, classes]
         loss = None
         if labels is not None:
             loss = classification_loss(logits, labels, self.label_smoothing)
