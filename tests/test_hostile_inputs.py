@@ -251,6 +251,16 @@ def test_bad_model_sections(section, names, in_tmp, capsys):
     assert not os.path.exists(in_tmp / "out")
 
 
+def test_model_section_number_with_an_automatic_default(in_tmp, capsys):
+    """Without --fusion_dim the fusion width is automatic (None), so the argument's type comes from the setting."""
+    path = write(in_tmp / "c.yaml", "model: {encoders: {audio: conv_transformer}, fusion: {name: bottleneck, "
+                                    "dim: xyz}}\n")
+    at = AV.index("--fusion_dim")
+    flags = AV[:at] + AV[at + 2:]
+    expect(train_main, ["--config", path, *flags, "--output_dir", in_tmp / "out"], capsys, 2, "fusion", "'dim'",
+           "expects a number")
+
+
 @pytest.mark.parametrize("flag,value,names", [
     ("--fusion_depth", "3", ["--fusion_depth", "fusion depth: 1"]),
     ("--audio_dim", "64", ["--audio_dim", "audio encoder dim: 32"]),

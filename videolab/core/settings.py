@@ -430,6 +430,8 @@ def check_value(name: str, value: Any, label: Optional[str] = None) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise UsageError(f"{label} must be a finite number, got {value}")
     lo, hi = f.metadata.get("minimum"), f.metadata.get("maximum")
+    if (lo is not None or hi is not None) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise UsageError(f"{label} expects a number, got {quote(value)}")  # a value from a file, not yet typed
     if hi is None and isinstance(value, int) and not isinstance(value, bool):
         hi = MAX_INT
     if lo is not None and value < lo:
