@@ -743,3 +743,29 @@ def test_malformed_side_files(name, content, names, trained, frames, tmp_path, c
 def test_malformed_dataset_files(file, content, names, data_copy, tmp_path, capsys):
     write(data_copy / file, content)
     expect(train_main, ["--data_root", data_copy, "--output_dir", tmp_path / "out", *RUN], capsys, 2, *names)
+
+
+@pytest.mark.parametrize("content,names", [
+    ("[1, 2]", ["train.json record 0", "JSON object"]),
+    (b"\xff\xfe[", ["train.json", "UTF-8"]),
+    ("[{\"video\": \"a.mp4\"", ["train.json", "neither a JSON list nor JSON Lines"]),
+])
+def test_malformed_question_answer_files(content, names, tmp_path, capsys):
+    write(tmp_path / "qa" / "train.json", content, "wb" if isinstance(content, bytes) else "w")
+    write(tmp_path / "qa" / "test.json", "[]")
+    expect(train_main, ["--dataset", "qa_json", "--data_root", tmp_path / "qa", "--output_dir", tmp_path / "out",
+                        "--use_vlm", "True", "--captioning", "True", *RUN], capsys, 2, *names)
+
+
+@pytest.mark.parametrize("file,content,names", [
+    ("train.csv", b"video,caption\n\xff\xfe.mp4,a ball\n", ["train.csv", "UTF-8"]),
+    ("train.csv", "video,caption\na.mp4\n", ["train.csv", "line 2", "fewer fields"]),
+    ("train.csv", "clip,text\na.mp4,a ball\n", ["train.csv", "video column"]),
+    ("dataset_info.json", '{"train": "train_data.json"}', ["dataset_info.json", "each an object"]),
+    ("dataset_info.json", '{"train": {', ["dataset_info.json", "not valid JSON"]),
+])
+def test_malformed_caption_csv_and_dataset_info(file, content, names, tmp_path, capsys):
+    write(tmp_path / "qa" / file, content, "wb" if isinstance(content, bytes) else "w")
+    write(tmp_path / "qa" / "test.json", "[]")
+    expect(train_main, ["--dataset", "qa_json", "--data_root", tmp_path / "qa", "--output_dir", tmp_path / "out",
+                        "--use_vlm", "True", "--captioning", "True", *RUN], capsys, 2, *names)

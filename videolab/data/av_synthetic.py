@@ -30,7 +30,6 @@ Layout (a ``videofolder`` with split lists)::
 from __future__ import annotations
 
 import copy
-import json
 import os
 from fractions import Fraction
 from typing import Optional, Sequence
@@ -40,6 +39,7 @@ import numpy as np
 
 from videolab.core.errors import UsageError
 from videolab.core.files import atomic_file, write_json, write_text
+from videolab.core.inputs import read_json
 from videolab.data import synthetic
 from videolab.data.clips import DataBundle, DatasetSource
 from videolab.data.sampling import ClipSpec
@@ -161,8 +161,13 @@ def as_videofolder(cfg):
 
 def dataset_class_names(cfg) -> list[str]:
     ensure_av_dataset(cfg)
-    with open(os.path.join(cfg.data_root, META_FILE)) as fh:
-        return json.load(fh)["class_names"]
+    path = os.path.join(cfg.data_root, META_FILE)
+    names = read_json(path, "dataset file", f"delete {cfg.data_root} (it is generated again on first use)"
+                      ).get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise UsageError(f"{path}: class_names must be a non-empty list of strings; delete {cfg.data_root} (it is "
+                         f"generated again on first use)")
+    return names
 
 
 def build_av_datasets(cfg, train_spec: ClipSpec, eval_spec: ClipSpec, parts: Sequence[str]) -> DataBundle:
@@ -180,8 +185,7 @@ def attach_hints(root: str, datasets) -> None:
     if not os.path.isfile(path):
         raise UsageError(f"{path} not found: this copy of the dataset predates its text hints; delete {root} (it is "
                          f"generated again on first use) or run python apps/make_av_dataset.py --root {root}")
-    with open(path) as fh:
-        hints = json.load(fh)
+    hints = read_json(path, "hints file", f"run python apps/make_av_dataset.py --root {root}")
     videos = os.path.join(root, VIDEOS_DIR)
     for dataset in datasets:
         if dataset is not None:

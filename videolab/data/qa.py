@@ -55,6 +55,7 @@ import torch
 
 from videolab.core.errors import UsageError
 from videolab.core.files import write_json
+from videolab.core.inputs import quote, read_text
 from videolab.data.clips import BadVideoLog, ClipDataset, DataBundle, DatasetSource, stratified_split
 from videolab.data.frames import _image_files, read_frames
 from videolab.data.sampling import ClipSpec
@@ -122,16 +123,15 @@ def parse_record(record, where: str) -> tuple[str, str, str]:
 
 
 def read_json_records(path: str) -> list:
-    """A JSON list (or JSON Lines) of records, as written."""
-    with open(path, encoding="utf-8-sig") as fh:
-        text = fh.read()
+    """A JSON list (or JSON Lines) of records, as written. Raises UsageError."""
+    text = read_text(path, "question-answer file", "pass a JSON list or JSON Lines of records (videolab/data/qa.py)")
     try:
         data = json.loads(text)
         return data if isinstance(data, list) else [data]
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         try:
             return [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise UsageError(f"{path} is neither a JSON list nor JSON Lines ({exc}); see videolab/data/qa.py for the "
                              f"format") from None
 
@@ -149,6 +149,9 @@ def read_records(path: str, entry: Optional[dict] = None) -> list[QARecord]:
     base = os.path.dirname(os.path.abspath(path))
     records = []
     for n, record in enumerate(data):
+        if not isinstance(record, dict):
+            raise UsageError(f"{path} record {n}: expected a JSON object, got {type(record).__name__} "
+                             f"{quote(record, 40)}; see videolab/data/qa.py for the format")
         try:
             video, question, answer = parse_record(record, f"{path} record {n}")
         except ValueError as exc:
@@ -184,14 +187,22 @@ def _csv_video(row: dict, column: str, base: str) -> str:
 def read_csv_records(path: str) -> list[dict]:
     """A WebVid-style CSV -> plain records {id, video, question, answer}. Raises UsageError naming the fix."""
     import csv
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh))
+    import io
+    text = read_text(path, "caption CSV", "pass a CSV with a video and a caption column (videolab/data/qa.py)")
+    try:
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise UsageError(f"{path} is not a readable CSV ({exc}); save it as plain comma-separated UTF-8") from None
     header = list(rows[0]) if rows else []
     video_col = next((c for c in CSV_VIDEO_COLUMNS if c in header), None)
     caption_col = next((c for c in CSV_CAPTION_COLUMNS if c in header), None)
     if video_col is None or caption_col is None:
         raise UsageError(f"{path}: expected a video column ({' / '.join(CSV_VIDEO_COLUMNS)}) and a caption column "
                          f"({' / '.join(CSV_CAPTION_COLUMNS)}), got {header}")
+    short = next((n for n, row in enumerate(rows, 2) if row[video_col] is None or row[caption_col] is None), None)
+    if short is not None:
+        raise UsageError(f"{path} line {short}: fewer fields than the header ({', '.join(header)}); fill the row or "
+                         f"remove it")
     base = os.path.dirname(os.path.abspath(path))
     return [dict(id=row[video_col].strip(), video=_csv_video(row, video_col, base),
                  question=(row.get("question") or "").strip(), answer=row[caption_col]) for row in rows]
@@ -209,11 +220,14 @@ def dataset_info_entry(root: str, split: str) -> Optional[dict]:
     path = os.path.join(root, DATASET_INFO)
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as fh:
-        try:
-            info = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    text = read_text(path, "dataset description", "pass LLaMA-Factory's dataset_info.json format")
+    try:
+        info = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise UsageError(f"{path} is not valid JSON ({getattr(exc, 'msg', 'nested too deep')})") from None
+    if not isinstance(info, dict) or not all(isinstance(v, dict) for v in info.values()):
+        raise UsageError(f"{path}: expected an object of dataset entries, each an object (LLaMA-Factory's "
+                         f"dataset_info.json format), got {quote(info, 40)}")
     names = [n for n in info if n == split or n.endswith((f"_{split}", f"-{split}"))]
     if len(names) > 1:
         raise UsageError(f"{path}: several entries for the {split} split ({', '.join(names)}); keep one")
