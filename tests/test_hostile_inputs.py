@@ -197,6 +197,9 @@ BAD_SETTINGS = [
     ("huge unknown key", "x" * 900 + ": 1\n", ["unknown key", "characters"]),
     ("model not a mapping", "model: '{\"encoders\": {\"audio\": \"conv_transformer\"}}'\n", ["model", "mapping"]),
     ("allowlist from a file", "allowed_target_prefixes: compose,evil\n", ["allowed_target_prefixes", "command line"]),
+    ("binary value", "run_name: !!binary aGVsbG8=\n", ["c.yaml", "bytes value"]),
+    ("set value", "run_name: !!set {a: null}\n", ["c.yaml", "set value"]),
+    ("binary key in model section", "model: {encoders: {? !!binary aGVsbG8= : 1}}\n", ["c.yaml", "key", "bytes"]),
 ]
 
 

@@ -89,8 +89,16 @@ def check_expanded_size(data: Any, what: str) -> None:
     open_ids: set[int] = set()
 
     def size(value: Any) -> int:
+        if isinstance(value, (bytes, set, frozenset)):  # YAML !!binary, !!set: never a setting
+            raise UsageError(f"{what} holds a {type(value).__name__} value ({quote(value, 40)}); settings are "
+                             f"text, numbers, lists and mappings")
         if not isinstance(value, (list, dict)):
             return 1
+        if isinstance(value, dict):
+            odd = next((k for k in value if not isinstance(k, (str, int, float, bool, type(None)))), None)
+            if odd is not None:
+                raise UsageError(f"{what} has a key that is a {type(odd).__name__} ({quote(odd, 40)}); write keys "
+                                 f"as plain text")
         key = id(value)
         if key in sizes:
             return sizes[key]
