@@ -48,6 +48,7 @@ from videolab.core.files import atomic_folder, write_json
 from videolab.core.settings import DATA, FIELDS, MODEL, Settings
 from videolab.export import card as cards
 from videolab.export.remote_code import write_remote_code
+from videolab.models.captioner import generation_settings
 from videolab.models.classifier import VideoClassifier
 from videolab.models.compose import MultimodalClassifier
 from videolab.models.hf import VideoClassifierConfig, VideoClassifierForVideoClassification, register_auto_classes
@@ -478,11 +479,6 @@ def generation_config(kwargs: dict):
     """A GenerationConfig of a captioner's ``generation_kwargs`` (the run's decoding settings)."""
     from transformers import GenerationConfig
     return GenerationConfig(**{k: v for k, v in kwargs.items() if v is not None})
-
-
-def generation_settings(cfg: Settings) -> dict:
-    return dict(num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
-                no_repeat_ngram_size=cfg.no_repeat_ngram_size, repetition_penalty=cfg.repetition_penalty)
 
 
 def export_captioner(model: nn.Module, info: dict, cfg: Settings, folder: str, merge_lora: bool = False,

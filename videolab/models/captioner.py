@@ -123,6 +123,13 @@ class CaptionerOutput(ModelOutput):
     logits: Optional[torch.Tensor] = None  # [B, S, vocab] over the right-padded sequence (prefix included)
 
 
+def generation_settings(cfg) -> dict:
+    """The run's decoding settings (``cfg``: Settings), as :meth:`VideoCaptioner.generation_kwargs` takes them; the
+    captioning task and the export both read them here."""
+    return dict(num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
+                no_repeat_ngram_size=cfg.no_repeat_ngram_size, repetition_penalty=cfg.repetition_penalty)
+
+
 class VideoCaptioner(nn.Module):
     """pixel_values [B, T, C, H, W] (+ optional prompts) -> captions, with a causal LM fed a visual prefix.
 

@@ -7,6 +7,7 @@ from tqdm.auto import tqdm
 
 from videolab.core.errors import UsageError
 from videolab.evaluation.caption_metrics import caption_scores
+from videolab.models.captioner import generation_settings
 from videolab.tasks.base import InferenceRun, Task, TestResult, TestRun, batch_keys, mean_loss
 
 
@@ -44,11 +45,6 @@ def caption_report(generated: dict) -> dict:
     scores = caption_scores({v: [r] for v, _, r in pairs}, {v: c for v, c, _ in pairs})
     empty = sum(1 for c in generated["captions"] if not c.strip())
     return dict(metrics=scores, num_scored=len(pairs), empty_captions=empty)
-
-
-def generation_settings(cfg) -> dict:
-    return dict(num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
-                no_repeat_ngram_size=cfg.no_repeat_ngram_size, repetition_penalty=cfg.repetition_penalty)
 
 
 def metrics_line(metrics: dict) -> str:
