@@ -45,6 +45,16 @@ def in_tmp(tmp_path, monkeypatch):
 TINY_FLAGS = ["--model_size", "tiny", "--num_frames", "4", "--image_size", "32"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): results that
+    must be bit-identical across processes or resumes need the same thread count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def run_in_scratch_folder(tmp_path_factory):
     """Every test runs in a scratch working folder, so files a run writes relative to it (results/summary.csv,

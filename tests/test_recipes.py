@@ -20,12 +20,7 @@ from videolab.core.errors import UsageError
 from videolab.models.layer_decay import backbone_layer_ids
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-identical resumes need one thread count
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -33,13 +33,7 @@ RUN_FLAGS = [*TINY_FLAGS, "--epochs", "2", "--batch_size", "4", "--head_dropout"
              "--summary_csv", "none"]  # a later flag wins: run(..., "--epochs", "1") trains one epoch
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Bit-identity across processes (the signal tests train in a subprocess) needs the same thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-identical resumes need one thread count
 
 
 def run(data, out, name, *extra):
