@@ -151,7 +151,7 @@ def peak_memory() -> dict:
 
 def print_memory(mem: dict) -> None:
     gib = {k: v["peak_rss_bytes"] / 2 ** 30 for k, v in mem.items() if isinstance(v, dict)}
-    print(f"[memory] TimeSformer-base step peak RSS (GiB): " + " | ".join(f"{k} {v:.2f}" for k, v in gib.items()) +
+    print("[memory] TimeSformer-base step peak RSS (GiB): " + " | ".join(f"{k} {v:.2f}" for k, v in gib.items()) +
           f" | LoRA / full {mem['ratio']:.2f}, LoRA + checkpointing / full {mem['ratio_lora_checkpointing']:.2f} "
           f"(goal <= 0.6) | checkpointing step time x{mem['checkpointing_step_time_ratio_lora']:.2f} (LoRA)",
           flush=True)

@@ -4,7 +4,6 @@ preprocessing, LoRA adapters apart or merged, the model card, ONNX parity, --pus
 and the export settings checked before training. (Loading the folders where this repo is not importable:
 tests/test_export_clean.py.)"""
 import json
-import os
 import re
 
 import pytest

@@ -56,7 +56,6 @@ import dataclasses
 import functools
 import importlib.util
 import inspect
-import json
 import math
 import os
 from typing import Any, Callable, Optional
@@ -67,7 +66,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from videolab.core.layout import TOKENIZER_DIR
 from videolab.core.errors import UsageError
-from videolab.core.inputs import check_not_data, parse_json, quote, read_yaml
+from videolab.core.inputs import check_not_data, quote
 from videolab.core.hub import loud_note, quiet_note
 from videolab.core.registry import import_module, nearest
 from videolab.core.settings import DATA, FIELDS, MAX_INT, MODEL, Settings, check_value, settings_from_dict
