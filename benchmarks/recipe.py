@@ -1,13 +1,13 @@
 """Does the fine-tuning recipe (layer-wise lr decay + EMA of the weights + the augmentations that fit the data) help?
 
-    python benchmarks/recipe.py --setups default --epochs 10 --seeds 0 1 2
+    python benchmarks/recipe.py --setups default --seeds 0 1 2
     python benchmarks/recipe.py --setups low_label --pretrained RUNS/pretrain-mvm/backbone --seeds 0 1 2
     python benchmarks/recipe.py --steps report                          # table and JSON from the runs on disk
 
 Two setups, each run with today's recipe and with the new one, same seeds, same data, same budget:
 
-* ``default``: ``python main.py`` (VideoMAE-tiny from random weights, the synthetic motion dataset), ``--epochs``
-  scaled down to fit the machine;
+* ``default``: ``python main.py`` (VideoMAE-tiny from random weights, the synthetic motion dataset), with
+  config_file.yaml's epochs and lr (``--epochs`` to change them);
 * ``low_label``: ``--label_fraction 0.1`` fine-tuning from the masked-video-pretrained backbone
   (``benchmarks/pretrain_finetune.py --steps pretrain`` writes it), ``--low_label_epochs`` (30).
 
@@ -33,14 +33,15 @@ from videolab.core.files import write_json  # noqa: E402
 
 COMMON = ["--vision_model", "videomae", "--model_size", "tiny", "--num_frames", "8", "--image_size", "32",
           "--batch_size", "32", "--quiet", "--speed_repeats", "0", "--summary_csv", "none"]
-RECIPES = {"today": [],
-           "recipe": ["--layer_decay", "0.75", "--model_ema", "True", "--model_ema_decay", "0.9998",
-                      "--model_ema_warmup", "True"]}
+LAYER_DECAY = ["--layer_decay", "0.75"]
+EMA = ["--model_ema", "True", "--model_ema_decay", "0.9998", "--model_ema_warmup", "True"]
+RECIPES = {"today": [], "recipe": LAYER_DECAY + EMA,
+           "layer_decay_only": LAYER_DECAY, "ema_only": EMA}  # the last two: which part does what
 
 
 def setup_flags(setup: str, opts) -> list[str]:
-    if setup == "default":
-        return ["--epochs", str(opts.epochs), "--lr", "5e-4"]
+    if setup == "default":  # config_file.yaml's epochs and lr unless --epochs is given
+        return ["--epochs", str(opts.epochs)] if opts.epochs else []
     return ["--label_fraction", "0.1", "--epochs", str(opts.low_label_epochs), "--lr", "5e-4", "--pretrained",
             opts.pretrained]
 
@@ -93,9 +94,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--setups", nargs="+", default=["default", "low_label"], choices=["default", "low_label"])
     parser.add_argument("--steps", nargs="+", default=["train", "report"], choices=["train", "report"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES),
+    parser.add_argument("--recipes", nargs="+", default=["today", "recipe"], choices=list(RECIPES),
                         help="train only these (several drivers can then share the runs)")
-    parser.add_argument("--epochs", type=int, default=30, help="the default setup's epochs")
+    parser.add_argument("--epochs", type=int, help="the default setup's epochs (default: config_file.yaml's)")
     parser.add_argument("--low_label_epochs", type=int, default=30, help="the low_label setup's epochs")
     parser.add_argument("--pretrained", default="checkpoints/pretrain_benchmark/pretrain-mvm/backbone")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "recipe_cpu.json"))
