@@ -142,10 +142,10 @@ class Settings:
                                            "off for the synthetic dataset (its classes include move left/right)")
     max_bad_video_fraction: float = _opt(0.05, "training: unreadable videos are skipped with a warning; stop when more "
                                          "than this share of a split fails", minimum=0.0, maximum=1.0)
-    epochs: int = _opt(30, "training epochs", minimum=1)
+    epochs: int = _opt(10, "training epochs", minimum=1)
     max_steps: int = _opt(0, "stop after this many optimizer steps (0 = no limit; for smoke tests)", minimum=0)
     batch_size: int = _opt(32, "clips per batch", minimum=1, group=RUNTIME)
-    lr: float = _opt(5e-4, "peak learning rate (AdamW)", minimum=0.0)
+    lr: float = _opt(1e-3, "peak learning rate (AdamW)", minimum=0.0)
     lr_language_model: Optional[float] = _opt(None, "peak learning rate of a PRETRAINED language model's own "
                                               "weights when they train fully; none = lr / 10 (new parts, LoRA "
                                               "adapters and a randomly initialised LM use --lr)", minimum=0.0)
