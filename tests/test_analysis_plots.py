@@ -16,7 +16,7 @@ import visualize_results
 from conftest import TINY_FLAGS, resolve
 from video_fixtures import write_bad_videos, write_index_video
 from videolab.evaluation.plots import DPI
-from videolab.models.attention import attention_rollout, fusion_attention
+from videolab.models.attention import attention_rollout, divided_attention_matrices, fusion_attention
 
 
 def png(path) -> np.ndarray:
@@ -73,6 +73,34 @@ def test_videomae_rollout_covers_every_frame_and_fusion_attention_needs_a_transf
     assert fusion_attention(model, clip) is None  # VideoMAE models time itself: no fusion
     mamba, _, _ = resolve([*TINY_FLAGS, "--vision_model", "vit_small_patch16_224", "--fusion", "mean"])
     assert fusion_attention(build_model.build_model(mamba, 4, verbose=False).model, clip) is None
+
+
+def test_timesformer_rollout_follows_divided_attention():
+    """TimeSformer's divided attention written out over the whole clip: stochastic rows, the temporal matrix only
+    links a patch position across frames, the spatial one only within a frame; the rollout is one map per frame."""
+    cfg, _, _ = resolve([*TINY_FLAGS, "--vision_model", "timesformer"])
+    model = build_model.build_model(cfg, 4, verbose=False).model.eval()
+    clip = torch.randn(2, 4, 3, 32, 32)
+    maps = attention_rollout(model, clip)  # [B, T, h, w]
+    assert maps.shape == (2, 4, 4, 4) and torch.allclose(maps.sum((-2, -1)), torch.ones(2, 4), atol=1e-5)
+    assert not torch.allclose(maps[:, 0], maps[:, 1])  # frames have their own maps
+    lora, _, _ = resolve([*TINY_FLAGS, "--vision_model", "timesformer", "--use_lora_vision", "True"])
+    with_lora = build_model.build_model(lora, 4, verbose=False).model.eval()  # the seed command's model
+    assert attention_rollout(with_lora, clip).shape == (2, 4, 4, 4)
+    batch, patches, frames, heads = 2, 3, 2, 2
+    temporal = torch.softmax(torch.randn(batch * patches, heads, frames, frames), -1)
+    spatial = torch.softmax(torch.randn(batch * frames, heads, 1 + patches, 1 + patches), -1)
+    t_full, s_full = (m[:, 0] for m in divided_attention_matrices(temporal, spatial, batch))
+    for m in (t_full, s_full):
+        assert torch.allclose(m.sum(-1), torch.ones(batch, 1 + patches * frames), atol=1e-6)
+    token = lambda n, t: 1 + n * frames + t  # noqa: E731  transformers' order
+    b, n, t, s = 1, 2, 0, 1
+    assert t_full[b, token(n, t), token(n, s)] == pytest.approx(temporal[b * patches + n, :, t, s].mean().item())
+    assert t_full[b, token(n, t), token(0, s)] == 0  # another patch position: no temporal link
+    assert s_full[b, token(n, t), token(0, t)] == pytest.approx(spatial[b * frames + t, :, 1 + n, 1].mean().item())
+    assert s_full[b, token(n, t), token(0, s)] == 0  # another frame: no spatial link
+    assert s_full[b, token(n, t), 0] == pytest.approx(spatial[b * frames + t, :, 1 + n, 0].mean().item())
+    assert s_full[b, 0, token(n, s)] == pytest.approx(spatial[b * frames + s, :, 0, 1 + n].mean().item() / frames)
 
 
 def test_runs_compared_from_the_summary_csv(vit_run, tmp_path):
