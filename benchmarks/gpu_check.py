@@ -299,6 +299,7 @@ def _ddp_worker(rank: int, world: int, port: int, backend: str, queue) -> None:
     if rank == 0:
         queue.put(dict(backend=backend, processes=world, step_seconds=time.time() - t0,
                        gradients_equal_on_all_ranks=all(torch.equal(gathered[0], g) for g in gathered)))
+    dist.barrier()  # no rank tears the group down under another (gloo aborts with 'terminate called' otherwise)
     dist.destroy_process_group()
 
 
